@@ -1,0 +1,35 @@
+"""lmsolvers: variable-step linear multistep solvers with exact inversion of diffusion sampling.
+
+The core knows nothing about diffusion: it integrates ``dx̄/dσ̄ = ε̄(x̄, σ̄)`` on a
+:class:`Grid` of σ̄ nodes (shared/DESIGN.md).  Bidirectional explicit methods
+(BELMs) are algebraically invertible: :func:`invert` returns a :class:`Latent`
+from which :func:`sample` reproduces the data up to round-off.
+"""
+
+from .edict import EDICT, edict
+from .families import bdia, ddim, obelm
+from .grid import Grid
+from .integrate import Latent, ddim_inversion, invert, sample
+from .method import LMMethod, StepCoefficients
+from .stability import amplification
+from .symbolic import derive_belm, order_of
+
+__all__ = [
+    "Grid",
+    "LMMethod",
+    "StepCoefficients",
+    "Latent",
+    "sample",
+    "invert",
+    "ddim_inversion",
+    "ddim",
+    "obelm",
+    "bdia",
+    "edict",
+    "EDICT",
+    "derive_belm",
+    "order_of",
+    "amplification",
+]
+
+__version__ = "0.1.0"

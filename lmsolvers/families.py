@@ -1,0 +1,73 @@
+"""The method families, each written as an instance of the VSVF LM form.
+
+- :func:`ddim`: explicit Euler in σ̄ (k = 1).  Not backward explicit (``b_1 = −1``),
+  so it cannot be inverted exactly; :func:`lmsolvers.ddim_inversion` is the classic
+  approximate inversion.
+- :func:`obelm`: the paper's O-BELM, the maximal-order 2-step BELM, derived.
+- :func:`bdia`: BDIA(γ), a 2-step BELM of order 1 tied to the VP schedule.
+- :func:`belm`: designed k-step BELMs (see :mod:`lmsolvers.design`).
+- :func:`lmsolvers.edict` lives in :mod:`lmsolvers.edict` (a coupled integrator).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import sympy as sp
+
+from .method import S0, LMMethod, step_symbols
+from .symbolic import derive_belm
+
+__all__ = ["ddim", "obelm", "bdia", "vp_alpha"]
+
+
+def vp_alpha(sigma_bar: sp.Expr) -> sp.Expr:
+    """The variance-preserving signal scale ``α = 1/sqrt(1 + σ̄²)``."""
+    return 1 / sp.sqrt(1 + sigma_bar**2)
+
+
+@cache
+def ddim() -> LMMethod:
+    """DDIM: ``x̄_{i−1} = x̄_i − h_i ε̄_i`` (explicit Euler on the σ̄-ODE, order 1)."""
+    return LMMethod(
+        name="ddim",
+        a=(sp.Integer(1),),
+        b=(sp.Integer(0), sp.Integer(-1)),
+        info={"order": 1, "design": "explicit Euler"},
+    )
+
+
+@cache
+def obelm() -> LMMethod:
+    """O-BELM (BELM paper, Prop. 4), the order-2 two-step BELM, derived symbolically.
+
+    ``x̄_{i−1} = (h_{i+1}² − h_i²)/h_{i+1}² x̄_i + h_i²/h_{i+1}² x̄_{i+1}
+    − (h_i + h_{i+1})/h_{i+1} · h_i ε̄_i``; at equal steps the leapfrog rule.
+    """
+    return derive_belm(2)
+
+
+@cache
+def bdia(gamma: float = 1.0) -> LMMethod:
+    """BDIA(γ) in σ̄ form (order 1; γ = 0 is DDIM and not invertible).
+
+    BDIA combines, with one ε evaluation at x_i, the DDIM step down to node i−1 and
+    γ times the correction of x_{i+1} by the DDIM step up:
+    ``x_{i−1} = γ (x_{i+1} − Φ_{i→i+1}(x_i)) + Φ_{i→i−1}(x_i)`` in x-space.  With
+    ``r = γ α_{i+1}/α_{i−1}`` (VP α of σ̄) this is
+    ``x̄_{i−1} = (1 − r) x̄_i + r x̄_{i+1} − (1 + r h_{i+1}/h_i) h_i ε̄_i``.
+    """
+    gamma = float(gamma)
+    if gamma == 0.0:
+        raise ValueError(
+            "BDIA with gamma = 0 is DDIM: a_2 = 0, so it is not bidirectional explicit"
+        )
+    h1, h2 = step_symbols(2)
+    g = sp.nsimplify(gamma, rational=True)
+    r = g * vp_alpha(S0 + h1 + h2) / vp_alpha(S0)  # γ α_{i+1}/α_{i−1}
+    return LMMethod(
+        name=f"bdia({gamma:g})",
+        a=(1 - r, r),
+        b=(sp.Integer(0), -(1 + r * h2 / h1), sp.Integer(0)),
+        info={"order": 1, "design": f"BDIA gamma={gamma:g}", "gamma": gamma},
+    )

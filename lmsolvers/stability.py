@@ -1,0 +1,71 @@
+"""Growth of parasitic modes of a VSVF LM method on a concrete grid.
+
+The homogeneous part of a step maps the window ``(x̄_{i}, …, x̄_{i+k−1})`` to
+``(x̄_{i−1}, …, x̄_{i+k−2})``.  A consistent method (``Σ_j a_j = 1``) maps constants
+to constants: that is the principal mode.  The parasitic modes live on the
+differences ``d_m = x̄_{i−1+m} − x̄_{i+m}`` (m = 1..k−1), on which the step acts by
+the (k−1)×(k−1) companion matrix ``P_i`` with first row
+``p_m = −Σ_{j>m} a_{i,j}`` and ones below the diagonal (for k = 2, ``P_i = −a_{i,2}``,
+O-BELM's parasitic root ``−h_i²/h_{i+1}²``).
+
+Sampling applies ``P_i`` for i = N−k+1 … 1; inversion applies ``P_i^{−1}`` in the
+opposite order, so a method whose parasitic modes decay while sampling amplifies
+them while inverting (DESIGN.md §3).  :func:`amplification` returns the largest
+growth a perturbation made at some step suffers until the end of the run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .grid import Grid
+from .method import LMMethod
+
+__all__ = ["parasitic_matrices", "amplification"]
+
+
+def parasitic_matrices(method: LMMethod, grid: Grid) -> np.ndarray:
+    """``P_i`` for every step, shape ``(N−k+1, k−1, k−1)``; row r is the step landing on r."""
+    a = method.coefficients(grid).a
+    if not np.allclose(a.sum(axis=1), 1.0, rtol=0, atol=1e-9):
+        raise ValueError(f"method {method.name!r} is not consistent (Σ a_j ≠ 1); its parasitic "
+                         "modes are not separated from the principal one")
+    M, k = a.shape
+    P = np.zeros((M, k - 1, k - 1))
+    tail = np.cumsum(a[:, ::-1], axis=1)[:, ::-1]  # tail[:, m] = Σ_{j ≥ m+1} a_j (0-based)
+    P[:, 0, :] = -tail[:, 1:]
+    for m in range(1, k - 1):
+        P[:, m, m - 1] = 1.0
+    return P
+
+
+def amplification(method: LMMethod, grid: Grid, direction: str = "backward") -> float:
+    """Largest growth of parasitic modes from any step to the end of the run.
+
+    ``direction="forward"`` (sampling, node N → 0) or ``"backward"`` (inversion,
+    0 → N): ``max_r ‖Π (step matrices after r)‖₂``, at least 1.  Round-off made
+    during a run is amplified by at most about this factor, so exactness tests scale
+    their tolerance by it.  ``"both"`` returns the larger of the two.
+    """
+    if direction == "both":
+        return max(amplification(method, grid, "forward"),
+                   amplification(method, grid, "backward"))
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward', 'backward' or 'both', got {direction!r}")
+    if method.k == 1:
+        return 1.0
+    P = parasitic_matrices(method, grid)
+    eye = np.eye(method.k - 1)
+    best, R = 1.0, eye
+    if direction == "forward":
+        # a perturbation made at the step landing on node r then passes P_{r-1}, …, P_0
+        for r in range(1, P.shape[0]):
+            R = R @ P[r - 1]
+            best = max(best, float(np.linalg.norm(R, 2)))
+    else:
+        # made at inversion step r, it then passes P_{r+1}^{-1}, …, P_{N-k}^{-1}
+        Pinv = np.linalg.inv(P)
+        for r in range(P.shape[0] - 1, 0, -1):
+            R = R @ Pinv[r]
+            best = max(best, float(np.linalg.norm(R, 2)))
+    return best
