@@ -6,6 +6,7 @@ The core knows nothing about diffusion: it integrates ``dx̄/dσ̄ = ε̄(x̄, �
 from which :func:`sample` reproduces the data up to round-off.
 """
 
+from . import problems
 from .edict import EDICT, edict
 from .families import bdia, ddim, obelm
 from .grid import Grid
@@ -30,6 +31,7 @@ __all__ = [
     "derive_belm",
     "order_of",
     "amplification",
+    "problems",
 ]
 
 __version__ = "0.1.0"

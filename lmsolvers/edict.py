@@ -55,6 +55,14 @@ class EDICT:
     k = 2  # the latent is the pair (x̄_N, ȳ_N)
     nfe_per_step = 2
 
+    def amplification(self, grid: Grid, direction: str = "backward") -> float:
+        """Growth of the parasitic mode ``x̄ − ȳ``: sampling multiplies it by ``p²`` per
+        step, inversion by ``p⁻²``; the largest growth from a step to the end of the run."""
+        if direction not in ("forward", "backward", "both"):
+            raise ValueError(f"direction must be 'forward', 'backward' or 'both', got "
+                             f"{direction!r}")
+        return 1.0 if direction == "forward" else self.p ** (-2.0 * (grid.N - 1))
+
     def sample(self, eps: EpsFn, grid: Grid, x: torch.Tensor | Latent, *,
                callback: Callback | None = None, disable: bool | None = None,
                check_finite: bool = True) -> torch.Tensor:

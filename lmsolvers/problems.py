@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-__all__ = ["GaussianData", "GaussianMixture"]
+__all__ = ["GaussianData", "GaussianMixture", "TanhField"]
 
 
 @dataclass(frozen=True)
@@ -113,3 +113,26 @@ class GaussianMixture:
              dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """Samples of the data distribution itself (σ̄ = 0)."""
         return self.prior(n, 0.0, generator=generator, dtype=dtype)
+
+
+class TanhField:
+    """A seeded random smooth vector field ``ε̄(x̄, σ̄) = W₂ tanh(W₁ x̄ + σ̄ c + b)``.
+
+    Deterministic for identical inputs, Lipschitz with constant about ``scale``:
+    the test bench for exactness claims that must hold for *any* ε.  Works on the
+    last axis of any batch shape, in any floating dtype (weights are cast on call).
+    """
+
+    def __init__(self, dim: int, hidden: int = 16, seed: int = 0, scale: float = 1.0):
+        g = torch.Generator().manual_seed(seed)
+        self.dim = dim
+        self.w1 = torch.randn(hidden, dim, generator=g, dtype=torch.float64) / np.sqrt(dim)
+        self.c = torch.randn(hidden, generator=g, dtype=torch.float64)
+        self.b = torch.randn(hidden, generator=g, dtype=torch.float64)
+        self.w2 = torch.randn(dim, hidden, generator=g, dtype=torch.float64) * (
+            scale / np.sqrt(hidden))
+
+    def __call__(self, x: torch.Tensor, sigma_bar: float) -> torch.Tensor:
+        dt = dict(dtype=x.dtype, device=x.device)
+        pre = x @ self.w1.to(**dt).T + sigma_bar * self.c.to(**dt) + self.b.to(**dt)
+        return torch.tanh(pre) @ self.w2.to(**dt).T

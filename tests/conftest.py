@@ -1,0 +1,20 @@
+"""Shared test configuration: fixed hypothesis profiles (CI is deterministic)."""
+
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Two cores: keep torch from oversubscribing them in tests.
+torch.set_num_threads(1)
