@@ -1,0 +1,48 @@
+"""diffusers adapters for lmsolvers (installed as ``lmsolvers.adapters``; needs ``diffusers``).
+
+* :func:`grid_from_scheduler`, :class:`DiffusersEps`, :class:`DiffusionSampler`
+  (:mod:`lmsolvers.adapters.diffusers`);
+* :class:`BELMScheduler`, :class:`BELMInverseScheduler` (:mod:`lmsolvers.adapters.scheduler`);
+* :func:`edit_latents`, :func:`edit_image`, :func:`interpolate`, :func:`encode_image`,
+  :func:`decode_latents` (:mod:`lmsolvers.adapters.editing`).
+
+The core never imports this package.
+"""
+
+from .diffusers import (
+    PREDICTION_TYPES,
+    DiffusersEps,
+    DiffusionSampler,
+    alphas_cumprod_from_config,
+    grid_from_scheduler,
+    to_epsilon,
+)
+from .editing import (
+    EditResult,
+    decode_latents,
+    edit_image,
+    edit_latents,
+    encode_image,
+    interpolate,
+    slerp_latents,
+)
+from .scheduler import BELMInverseScheduler, BELMScheduler, BELMSchedulerOutput
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "DiffusersEps",
+    "DiffusionSampler",
+    "alphas_cumprod_from_config",
+    "grid_from_scheduler",
+    "to_epsilon",
+    "BELMScheduler",
+    "BELMInverseScheduler",
+    "BELMSchedulerOutput",
+    "EditResult",
+    "encode_image",
+    "decode_latents",
+    "edit_latents",
+    "edit_image",
+    "slerp_latents",
+    "interpolate",
+]

@@ -7,6 +7,12 @@ from which :func:`sample` reproduces the data up to round-off.
 """
 
 from . import problems
+from .bitexact import (
+    BitexactLatent,
+    FixedPointOverflowError,
+    NondeterminismError,
+    RepresentationError,
+)
 from .edict import EDICT, edict
 from .families import bdia, ddim, obelm
 from .grid import Grid
@@ -32,6 +38,10 @@ __all__ = [
     "order_of",
     "amplification",
     "problems",
+    "BitexactLatent",
+    "RepresentationError",
+    "FixedPointOverflowError",
+    "NondeterminismError",
 ]
 
 __version__ = "0.1.0"

@@ -19,17 +19,19 @@ Only the k states (and their ε) a step needs are kept, whatever N is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .grid import Grid
 from .method import LMMethod, StepCoefficients
 
-__all__ = ["Latent", "EpsFn", "sample", "invert", "ddim_inversion"]
+__all__ = ["Latent", "EpsFn", "sample", "invert", "ddim_inversion", "lm_step", "lm_step_inverse",
+           "euler_step"]
 
 EpsFn = Callable[[torch.Tensor, float], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
@@ -124,7 +126,7 @@ def _starter_step(ev: _EpsEvaluator, kind: str, m: int, x: torch.Tensor, target:
     h = s_t - s_m
     k1 = ev.at_node(m, x)
     if kind == "ddim":
-        return _combine([(1.0, x), (h, k1)])
+        return euler_step(x, h, k1)
     mid = s_m + 0.5 * h
     where = f"RK4 starter between nodes {m} and {target}"
     k2 = ev(_combine([(1.0, x), (0.5 * h, k1)]), mid, where)
@@ -147,6 +149,8 @@ def sample(
     callback: Callback | None = None,
     disable: bool | None = None,
     check_finite: bool = True,
+    bitexact: bool = False,
+    debug: bool = False,
 ) -> torch.Tensor:
     """Integrate the σ̄-ODE from node N down to node 0 and return ``x̄_0``.
 
@@ -168,7 +172,26 @@ def sample(
         Disable the progress bar (``None``: only on non-TTY output).
     check_finite:
         Raise ``FloatingPointError`` naming the node if ε returns NaN/Inf.
+    bitexact:
+        Integer fixed-point arithmetic (:mod:`lmsolvers.bitexact`): from the latent of
+        ``invert(..., bitexact=True)`` the result is bitwise the fixed-point image of
+        the inverted ``x̄_0``.  A tensor ``x̄_N`` is quantised first.
+    debug:
+        Evaluate ε twice per call and compare the bits (``NondeterminismError``); in
+        bit-exact mode also compare ε at every node with the inversion pass.
+
+    Only the k states a step needs are kept (O(k) memory for any N); the trajectory is
+    available through ``callback``.
     """
+    if bitexact:
+        from .bitexact import sample_bitexact
+
+        return sample_bitexact(eps, grid, method, x, callback=callback, disable=disable,
+                               check_finite=check_finite, debug=debug)
+    if debug:
+        from .bitexact import deterministic_eps
+
+        eps = deterministic_eps(eps)
     if not isinstance(method, LMMethod):
         return method.sample(eps, grid, x, callback=callback, disable=disable,
                              check_finite=check_finite)
@@ -196,7 +219,7 @@ def sample(
             _emit(callback, grid, m - 1, states[m - 1])
             bar.update()
     for r in range(N - k, -1, -1):  # the step landing on node r (i = r + 1)
-        states[r] = _lm_forward(coeffs, r, k, states, ev)
+        states[r] = lm_step(coeffs, r, states, lambda m: ev.at_node(m, states[m]))
         states.pop(r + k, None)
         ev.forget(r + k)
         _emit(callback, grid, r, states[r])
@@ -205,17 +228,61 @@ def sample(
     return states[0]
 
 
-def _lm_forward(c: StepCoefficients, r: int, k: int, states: dict[int, torch.Tensor],
-                ev: _EpsEvaluator) -> torch.Tensor:
-    terms = [(float(c.a[r, j - 1]), states[r + j]) for j in range(1, k + 1)]
-    terms += [(float(c.bh[r, j]), ev.at_node(r + j, states[r + j]))
-              for j in range(1, k + 1) if c.bh[r, j] != 0.0]
+def lm_step(c: StepCoefficients, r: int, x: Mapping[int, torch.Tensor],
+            eps_at: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """One sampling step: ``x̄_r = Σ_j a_{r+1,j} x̄_{r+j} + Σ_j b_{r+1,j} h_{r+j} ε̄_{r+j}``.
+
+    ``x`` maps node → state for nodes r+1..r+k; ``eps_at(m)`` returns ε̄ at node m
+    (evaluated lazily: only the nodes with a non-zero weight are asked for).  The
+    one place the sampling arithmetic lives: the diffusers scheduler calls it too,
+    so both produce bit-identical states.
+    """
+    k = c.a.shape[1]
+    terms = [(float(c.a[r, j - 1]), x[r + j]) for j in range(1, k + 1)]
+    terms += [(float(c.bh[r, j]), eps_at(r + j)) for j in range(1, k + 1) if c.bh[r, j] != 0.0]
     return _combine(terms)
+
+
+def lm_step_inverse(c: StepCoefficients, r: int, x: Mapping[int, torch.Tensor],
+                    eps_at: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """The same relation solved for its farthest node (inversion):
+    ``x̄_{r+k} = (x̄_r − Σ_{j<k} a_{r+1,j} x̄_{r+j} − Σ_{j<k} b_{r+1,j} h_{r+j} ε̄_{r+j}) / a_{r+1,k}``.
+
+    Needs ``b_{r+1,k} = 0`` (backward explicit); ``x`` holds nodes r..r+k−1.
+    """
+    k = c.a.shape[1]
+    inv_ak = 1.0 / float(c.a[r, k - 1])
+    terms = [(inv_ak, x[r])]
+    terms += [(-float(c.a[r, j - 1]) * inv_ak, x[r + j]) for j in range(1, k)]
+    terms += [(-float(c.bh[r, j]) * inv_ak, eps_at(r + j)) for j in range(1, k)
+              if c.bh[r, j] != 0.0]
+    return _combine(terms)
+
+
+def euler_step(x: torch.Tensor, h: float, e: torch.Tensor) -> torch.Tensor:
+    """``x̄ + h ε̄``: DDIM's step (h < 0 going down) and the starter's upward step."""
+    return _combine([(1.0, x), (h, e)])
 
 
 def _emit(callback: Callback | None, grid: Grid, m: int, x: torch.Tensor) -> None:
     if callback is not None:
         callback({"node": m, "sigma_bar": float(grid.sigma_bar[m]), "x": x})
+
+
+def _check_ak_range(c: StepCoefficients, name: str, dtype: torch.dtype) -> None:
+    """Refuse a grid on which an inversion weight ``1/a_k`` (or ``a_j/a_k``) overflows dtype."""
+    ak = c.a[:, -1]
+    with np.errstate(divide="ignore", over="ignore"):
+        w = np.maximum(np.abs(1.0 / ak), np.abs(c.a).max(axis=1) / np.abs(ak))
+    limit = torch.finfo(dtype).max
+    bad = np.flatnonzero(~(w < limit))
+    if bad.size:
+        r = int(bad[0])
+        raise ValueError(
+            f"method {name!r}: a_k = {ak[r]:.3e} underflows in {dtype} on the step landing "
+            f"on node {r}: the inversion weight 1/a_k = {1.0 / ak[r]:.3e} exceeds the dtype's "
+            f"max {limit:.3e}; use a wider dtype, fewer/smoother steps, or bitexact=True"
+        )
 
 
 def _check_latent(lat: Latent, name: str, sigma_bar: list[float]) -> None:
@@ -230,11 +297,14 @@ def _check_latent(lat: Latent, name: str, sigma_bar: list[float]) -> None:
             f"latent belongs to nodes with sigma_bar {list(lat.sigma_bar)}, but this grid's "
             f"top nodes are {sigma_bar}; sample on the grid the latent was inverted on"
         )
-    shape, dtype = lat.states[0].shape, lat.states[0].dtype
+    shape, dtype, device = lat.states[0].shape, lat.states[0].dtype, lat.states[0].device
     for st in lat.states:
         _check_state(st, "latent state")
-        if st.shape != shape or st.dtype != dtype:
-            raise ValueError("latent states differ in shape or dtype")
+        if st.shape != shape or st.dtype != dtype or st.device != device:
+            raise ValueError(
+                f"latent states differ in shape, dtype or device: {tuple(st.shape)} {st.dtype} "
+                f"{st.device} vs {tuple(shape)} {dtype} {device}"
+            )
 
 
 # ------------------------------------------------------------------ inversion
@@ -247,6 +317,8 @@ def invert(
     callback: Callback | None = None,
     disable: bool | None = None,
     check_finite: bool = True,
+    bitexact: bool = False,
+    debug: bool = False,
 ) -> Latent:
     """Exact inversion: map ``x̄_0`` to the :class:`Latent` that samples back to it.
 
@@ -255,7 +327,23 @@ def invert(
     use :func:`ddim_inversion`).  ``sample(eps, grid, method, invert(eps, grid,
     method, x0))`` returns ``x0`` up to round-off, which the method's backward
     amplification on the grid (:func:`lmsolvers.stability.amplification`) bounds.
+
+    ``bitexact=True`` runs the integer fixed-point construction of
+    :mod:`lmsolvers.bitexact` and returns a :class:`~lmsolvers.bitexact.BitexactLatent`
+    (also an ordinary latent), from which ``sample(..., bitexact=True)`` reproduces the
+    fixed-point image of ``x̄_0`` bitwise.  ``debug=True`` checks that ε is
+    deterministic (evaluated twice per call, bits compared).  Raises ``ValueError`` if
+    ``1/a_k`` of some step overflows the working dtype (a_k underflows there).
     """
+    if bitexact:
+        from .bitexact import invert_bitexact
+
+        return invert_bitexact(eps, grid, method, x0, callback=callback, disable=disable,
+                               check_finite=check_finite, debug=debug)
+    if debug:
+        from .bitexact import deterministic_eps
+
+        eps = deterministic_eps(eps)
     if not isinstance(method, LMMethod):
         return method.invert(eps, grid, x0, callback=callback, disable=disable,
                              check_finite=check_finite)
@@ -264,6 +352,7 @@ def invert(
                          "inverse; use lmsolvers.ddim_inversion for the classic approximation")
     coeffs = method.check_invertible(grid)
     _check_state(x0, "x0")
+    _check_ak_range(coeffs, method.name, x0.dtype)
     k, N = method.k, grid.N
     ev = _EpsEvaluator(eps, grid, x0, check_finite)
     states: dict[int, torch.Tensor] = {0: x0}
@@ -273,13 +362,8 @@ def invert(
         _emit(callback, grid, m + 1, states[m + 1])
         bar.update()
     for r in range(0, N - k + 1):  # the relation landing on node r, solved for node r + k
-        c = coeffs
-        inv_ak = 1.0 / float(c.a[r, k - 1])
-        terms = [(inv_ak, states[r])]
-        terms += [(-float(c.a[r, j - 1]) * inv_ak, states[r + j]) for j in range(1, k)]
-        terms += [(-float(c.bh[r, j]) * inv_ak, ev.at_node(r + j, states[r + j]))
-                  for j in range(1, k) if c.bh[r, j] != 0.0]
-        states[r + k] = _combine(terms)
+        states[r + k] = lm_step_inverse(coeffs, r, states,
+                                        lambda m: ev.at_node(m, states[m]))
         states.pop(r, None)
         ev.forget(r)
         _emit(callback, grid, r + k, states[r + k])
