@@ -7,19 +7,22 @@ from which :func:`sample` reproduces the data up to round-off.
 """
 
 from . import problems
+from .analysis import analyze
 from .bitexact import (
     BitexactLatent,
     FixedPointOverflowError,
     NondeterminismError,
     RepresentationError,
 )
+from .design import belm, derive_belm, design
 from .edict import EDICT, edict
 from .families import bdia, ddim, obelm
 from .grid import Grid
 from .integrate import Latent, ddim_inversion, invert, sample
 from .method import LMMethod, StepCoefficients
-from .stability import amplification
-from .symbolic import derive_belm, order_of
+from .stability import amplification, is_zero_stable, stability_report
+from .symbolic import order_of
+from .table import belm_table
 
 __all__ = [
     "Grid",
@@ -42,6 +45,12 @@ __all__ = [
     "RepresentationError",
     "FixedPointOverflowError",
     "NondeterminismError",
+    "is_zero_stable",
+    "stability_report",
+    "belm",
+    "design",
+    "analyze",
+    "belm_table",
 ]
 
 __version__ = "0.1.0"

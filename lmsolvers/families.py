@@ -16,7 +16,7 @@ from functools import cache
 import sympy as sp
 
 from .method import S0, LMMethod, step_symbols
-from .symbolic import derive_belm
+from .symbolic import maximal_belm
 
 __all__ = ["ddim", "obelm", "bdia", "vp_alpha"]
 
@@ -44,7 +44,7 @@ def obelm() -> LMMethod:
     ``x̄_{i−1} = (h_{i+1}² − h_i²)/h_{i+1}² x̄_i + h_i²/h_{i+1}² x̄_{i+1}
     − (h_i + h_{i+1})/h_{i+1} · h_i ε̄_i``; at equal steps the leapfrog rule.
     """
-    return derive_belm(2)
+    return maximal_belm(2)
 
 
 @cache

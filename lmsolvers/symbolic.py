@@ -43,7 +43,7 @@ __all__ = [
     "belm_unknowns",
     "belm_max_order",
     "solve_order_conditions",
-    "derive_belm",
+    "maximal_belm",
 ]
 
 
@@ -209,7 +209,7 @@ def solve_order_conditions(
     return a, b
 
 
-def derive_belm(k: int) -> LMMethod:
+def maximal_belm(k: int) -> LMMethod:
     """The maximal-order k-step BELM (order 2k−2), derived from the order conditions.
 
     k = 2 is the paper's O-BELM.  For k ≥ 3 the maximal-order method is not

@@ -1,0 +1,328 @@
+"""Designed k-step BELMs: highest order under a stability requirement, then the
+smallest error constant with a root-separation margin.
+
+**Which orders are possible** (at equal steps; proof sketch, exact checks in the tests).
+A BELM is explicit in both directions: ``σ(ζ) = Σ_{j=1}^{k−1} β_j ζ^j`` has neither a
+``ζ^k`` nor a ``ζ^0`` term.  In Dahlquist's variables ``ζ = (1+z)/(1−z)``,
+``r(z) = ((1−z)/2)^k ρ(ζ)``, ``s(z) = ((1−z)/2)^k σ(ζ)``, order p means
+``r(z)/log((1+z)/(1−z)) − s(z) = O(z^p)`` and ``s(1) = β_k = 0``, ``s(−1) ∝ β_0 = 0``.
+Zero-stability makes ``r = a_1 z + … + a_k z^k`` with all ``a_j ≥ 0``, ``a_1 > 0``.
+With ``z/log((1+z)/(1−z)) = Σ μ_{2ν} z^{2ν}`` (``μ_0 = 1/2``, ``μ_{2ν} < 0`` after, every
+partial sum ``> 0`` because the full sum is 0 at z = 1) the coefficients of
+``s`` below ``z^k`` are ``d_m = Σ_ν a_{m+1−2ν} μ_{2ν}``.  For p ≥ k the two conditions
+``s(±1) = 0`` leave ``Σ_{m<k, m+k odd} d_m = 0``; for odd k this is a positive
+combination of the ``a_j`` (partial sums of μ), a contradiction, and for even k it
+forces ``a_2 = a_4 = … = 0``: ``r`` is odd, every root of ρ is on the unit circle.
+With Dahlquist's barrier for explicit methods (p ≤ k) this gives
+
+- forward zero-stable: ``p ≤ k`` for even k (and then *necessarily* bidirectional),
+  ``p ≤ k − 1`` for odd k;
+- bidirectional (ρ anti-palindromic ⇒ the method is symmetric ⇒ even order): the same.
+
+Both bounds are attained for k ≤ 5 by the members constructed here (verified exactly).
+
+**Margin.** Roots on the unit circle must be at chord distance ``≥ δ = 1`` from each
+other (60°), and every parasitic root at chord distance ``≥ δ`` from the principal
+root 1.  Without it the error-constant optimum slides onto the boundary, where roots
+merge (a double root: not zero-stable; e.g. k = 3's order-3 limit ``(ζ−1)²(ζ+1)``).
+
+**Choice in a family.** Minimise ``|C_{p+1}|`` (equal steps) subject to the
+requirement and the margin, numerically; then take the simplest rational parameters
+(smallest common denominator from 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) within 5 % of
+that optimum that satisfy the requirement *exactly* (:func:`lmsolvers.analysis.root_condition`)
+and the margin.  Rational parameters keep every coefficient exact.
+
+**Variable steps.** Parasitic growth over a run is governed by the products of the
+companion matrices, which depend on ``a_1..a_k`` only.  We hold ``a_2..a_k`` at their
+designed equal-step values and solve ``C_0..C_{k−1} = 0`` for ``a_1`` and the ε
+weights ``b_1..b_{k−1}`` (a Vandermonde system in the distinct offsets, never
+singular).  Then every step has the *same* companion matrix, so the parasitic
+growth on any grid, in either direction, is that of equal steps: bounded by a
+grid-independent constant for bidirectional designs (and ``a_k`` is a non-zero
+constant, so the method is provably bidirectional explicit).  The price: the
+variable-step order is k − 1, one less than the equal-step order for even k.
+Letting the ``a_j`` depend on the step ratios to keep order k (k = 4) was measured
+and rejected: the order-4 condition then moves the parasitic roots by ~100× the
+step-ratio change, and products of companion matrices reach 10¹⁹–10⁶⁸ on 50-step
+Stable Diffusion and power grids (``tests/test_design.py`` keeps that evidence).
+O-BELM (k = 2) is the exception that is kept: its order-2 ``a``'s vary with the steps
+and it grows like ``(h_N/h_1)²``, but holding ``a_2`` would leave order 1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import sympy as sp
+
+from .analysis import characteristic_polynomial, root_condition
+from .method import LMMethod, step_symbols
+from .symbolic import belm_max_order, belm_unknowns, lte_coefficients, solve_order_conditions
+
+__all__ = [
+    "MARGIN",
+    "STABILITIES",
+    "EqualStepFamily",
+    "Design",
+    "equal_step_family",
+    "max_stable_order",
+    "design",
+    "belm",
+    "belm_family",
+    "derive_belm",
+    "margin_ok",
+]
+
+#: chord distance between roots on the unit circle (and from the principal root): 60°
+MARGIN = 1.0
+#: forward designs keep |a_k| ≥ AK_MIN (else the optimum degenerates to a (k−1)-step method)
+AK_MIN = 0.5
+STABILITIES = ("none", "forward", "bidirectional")
+_DENOMINATORS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+_UNIT = sp.Integer(1)
+
+
+@dataclass(frozen=True)
+class EqualStepFamily:
+    """Equal-step k-step BELMs of order ≥ p: ``a``, ``b`` affine in ``params``.
+
+    ``error_constant`` is ``C_{p+1}`` at ``h = 1`` (affine in the parameters).
+    ``symmetric`` restricts to anti-palindromic ρ (bidirectional candidates).
+    """
+
+    k: int
+    order: int
+    symmetric: bool
+    params: tuple[sp.Symbol, ...]
+    a: tuple[sp.Expr, ...]
+    b: tuple[sp.Expr, ...]
+    error_constant: sp.Expr
+
+
+@lru_cache(maxsize=64)
+def equal_step_family(k: int, order: int, symmetric: bool = False) -> EqualStepFamily:
+    """Solve the order conditions at ``h_j = 1`` (plus anti-palindromy if ``symmetric``).
+
+    The free parameters are the unknowns sympy leaves free (preferring ``a_k, a_{k−1}, …``).
+    Raises ``ValueError`` if no such method exists.
+    """
+    a_s, b_s = belm_unknowns(k)
+    a = list(a_s)
+    b = [sp.Integer(0), *b_s, sp.Integer(0)]
+    conds = [c.xreplace({hj: 1 for hj in step_symbols(k)})
+             for c in lte_coefficients(a, b, order)]
+    if symmetric:
+        conds.append(a[k - 1] - 1)
+        conds += [a[j - 1] + a[k - j - 1] for j in range(1, k)]
+    unknowns = list(a[:1]) + list(b_s) + list(reversed(a[1:]))
+    sols = sp.linsolve(conds, unknowns)
+    if not sols:
+        raise ValueError(f"no {'symmetric ' if symmetric else ''}{k}-step BELM of order {order}")
+    (sol,) = sols
+    sub = dict(zip(unknowns, sol, strict=True))
+    params = tuple(sorted(set().union(*(sp.sympify(v).free_symbols for v in sol)), key=str))
+    A = tuple(sp.expand(x.xreplace(sub)) for x in a)
+    B = tuple(sp.expand(sp.sympify(x).xreplace(sub)) for x in b)
+    C = lte_coefficients(list(A), list(B), order + 1)[order + 1]
+    C = sp.expand(C.xreplace({hj: 1 for hj in step_symbols(k)}))
+    return EqualStepFamily(k, order, symmetric, params, A, B, C)
+
+
+def _roots(a: np.ndarray) -> np.ndarray:
+    return np.roots(np.concatenate([[1.0], -np.asarray(a, dtype=float)]))
+
+
+def margin_violation(a: np.ndarray, stability: str, delta: float = MARGIN) -> float:
+    """0 when ρ with coefficients ``a`` meets the requirement and margin, else a positive
+    measure of the violation (used as an optimisation penalty; tolerance 1e-9)."""
+    r = _roots(a)
+    i1 = int(np.argmin(np.abs(r - 1)))
+    principal, par = r[i1], np.delete(r, i1)
+    v = abs(principal - 1)
+    mod = np.abs(par)
+    if stability == "forward":
+        v += np.clip(mod - 1, 0, None).sum()
+    else:
+        v += np.abs(mod - 1).sum()
+    v += np.clip(delta - np.abs(par - 1), 0, None).sum()
+    if stability == "forward":  # a_k = ±Π ζ: inversion divides by it every step
+        v += max(0.0, AK_MIN - abs(float(a[-1])))
+    # pairs near the circle: a numerically split double root may sit off it by ~1e-6
+    on = par[np.abs(par) > 1 - delta / 4]
+    for x, y in itertools.combinations(on, 2):
+        v += max(0.0, delta - abs(x - y))
+    return float(v)
+
+
+def margin_ok(a, stability: str, delta: float = MARGIN) -> bool:
+    """The margin of the module docstring holds (chords ≥ δ − 1e-9)."""
+    return margin_violation(np.asarray([float(x) for x in a]), stability, delta) <= 1e-9
+
+
+def max_stable_order(k: int, stability: str) -> int:
+    """Highest equal-step order (module docstring): 2k−2 for ``"none"``; for ``"forward"``
+    and ``"bidirectional"`` k for even k and k−1 for odd k (k ≥ 2)."""
+    if stability not in STABILITIES:
+        raise ValueError(f"stability must be one of {STABILITIES}, got {stability!r}")
+    if k < 2:
+        raise ValueError("a consistent BELM needs k ≥ 2 steps")
+    if stability == "none":
+        return 2 * k - 2
+    return k if k % 2 == 0 else k - 1
+
+
+@dataclass(frozen=True)
+class Design:
+    """A designed member: equal-step coefficients and the variable-step method."""
+
+    k: int
+    stability: str
+    order_equal: int
+    params: dict[str, sp.Expr]
+    a_equal: tuple[sp.Expr, ...]
+    b_equal: tuple[sp.Expr, ...]
+    error_constant_equal: sp.Expr
+    optimum_error_constant: float
+    method: LMMethod
+    held: tuple[str, ...] = field(default=())
+
+
+def _optimise(fam: EqualStepFamily, stability: str) -> tuple[np.ndarray, float]:
+    m = len(fam.params)
+    fa = sp.lambdify(fam.params, list(fam.a), "numpy")
+    fc = sp.lambdify(fam.params, fam.error_constant, "numpy")
+
+    def obj(t):
+        a = np.array(fa(*t), dtype=float)
+        return abs(float(fc(*t))) + 1e3 * margin_violation(a, stability)
+
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(0)
+    best_x, best_f = None, np.inf
+    starts = [np.zeros(m)] + [rng.uniform(-3, 3, m) for _ in range(12)]
+    for x0 in starts:
+        res = minimize(obj, x0, method="Nelder-Mead",
+                       options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 4000})
+        if res.fun < best_f:
+            best_x, best_f = res.x, res.fun
+    return best_x, best_f
+
+
+def _snap(fam: EqualStepFamily, x: np.ndarray, target: float, stability: str):
+    """Simplest rational parameters within 5 % of ``target`` meeting everything exactly."""
+    req = "forward" if stability == "forward" else "both"
+    for q in _DENOMINATORS:
+        cands = []
+        for choice in itertools.product(*[(math.floor(v * q), math.ceil(v * q)) for v in x]):
+            vals = [sp.Rational(n, q) for n in choice]
+            sub = dict(zip(fam.params, vals, strict=True))
+            c = abs(fam.error_constant.xreplace(sub))
+            if c > 1.05 * target + 1e-12:
+                continue
+            a = [e.xreplace(sub) for e in fam.a]
+            if not margin_ok(a, stability) or not root_condition(
+                    characteristic_polynomial(a), req):
+                continue
+            cands.append((c, vals))
+        if cands:
+            return min(cands, key=lambda t: t[0])[1]
+    raise RuntimeError("no rational member within 5% of the optimum meets the requirement")
+
+
+@lru_cache(maxsize=32)
+def design(k: int, stability: str = "bidirectional") -> Design:
+    """The designed k-step BELM for ``stability`` (module docstring).
+
+    ``"none"`` is the maximal-order (2k−2) Hermite method.
+    """
+    p = max_stable_order(k, stability)
+    if stability == "none" or k == 2:
+        # k = 2: the order-2 family is the single method O-BELM (leapfrog at equal steps)
+        a, b = belm_max_order(k)
+        name = "obelm" if k == 2 else f"belm{k}-max"
+        meth = LMMethod(name, tuple(a), tuple(b), starter="ddim" if p <= 2 else "rk4",
+                        info={"order": p, "order_equal": p, "design": stability, "held": ()})
+        fam = equal_step_family(k, p)
+        return Design(k, stability, p, {}, fam.a, fam.b, fam.error_constant,
+                      abs(float(fam.error_constant)), meth)
+    fam = equal_step_family(k, p, symmetric=(stability == "bidirectional"))
+    if stability == "forward" and k % 2 == 0:
+        # order k forces every root onto the circle: forward = bidirectional family
+        fam = equal_step_family(k, p, symmetric=True)
+    x, fbest = _optimise(fam, stability)
+    if fbest > 1e2:
+        raise RuntimeError(f"no {stability} zero-stable {k}-step BELM of order {p} found")
+    vals = _snap(fam, x, fbest, stability)
+    sub = dict(zip(fam.params, vals, strict=True))
+    a_eq = tuple(sp.nsimplify(e.xreplace(sub)) for e in fam.a)
+    b_eq = tuple(sp.nsimplify(e.xreplace(sub)) for e in fam.b)
+    c_eq = sp.nsimplify(fam.error_constant.xreplace(sub))
+    held = {f"a{j}": a_eq[j - 1] for j in range(2, k + 1)}
+    a, b = solve_order_conditions(k, k - 1, fixed=held)
+    meth = LMMethod(
+        name=f"belm{k}-{stability}",
+        a=tuple(a),
+        b=tuple(b),
+        starter="rk4",  # neutral parasitic modes keep starter errors: start accurately
+        info={"order": k - 1, "order_equal": p, "design": stability,
+              "held": tuple(held), "equal_step_a": a_eq},
+    )
+    return Design(k, stability, p, {str(s): v for s, v in sub.items()}, a_eq, b_eq, c_eq,
+                  fbest, meth, tuple(held))
+
+
+def belm_family(k: int, order: int) -> tuple[list[sp.Expr], list[sp.Expr], list[sp.Symbol]]:
+    """The variable-step family of k-step BELMs of the given order, free parameters symbolic.
+
+    The ``2k−2−order`` free parameters are ``a_k, a_{k−1}, …`` (then ``b_{k−1}, …``),
+    held as symbols; returns ``(a, b, params)``.
+    """
+    m = 2 * k - 2 - order
+    if m < 0:
+        raise ValueError(f"a k-step BELM has order at most 2k−2 = {2 * k - 2}")
+    names = [f"a{j}" for j in range(k, 1, -1)] + [f"b{j}" for j in range(k - 1, 0, -1)]
+    params = names[:m]
+    a, b = solve_order_conditions(k, order, parameters=params)
+    return a, b, [sp.Symbol(n) for n in params]
+
+
+def derive_belm(k: int, order: int | None = None, stability: str = "none"):
+    """Derive k-step BELMs from the order conditions.
+
+    - ``order=None``: the designed member for ``stability`` as an
+      :class:`~lmsolvers.LMMethod`: ``"none"`` the unconstrained optimum (order
+      2k−2, not zero-stable for k ≥ 3), ``"forward"`` the best zero-stable sampling
+      recursion, ``"bidirectional"`` the best with every root simple and on the unit
+      circle (see :func:`design` for the criterion and margin).
+    - ``order=p``: the whole variable-step family of order p, ``(a, b, params)`` with
+      the ``2k−2−p`` free parameters left as sympy symbols (:func:`belm_family`); an
+      LMMethod when no parameter is left free (p = 2k−2).
+    """
+    if order is None:
+        return design(k, stability).method
+    if stability != "none":
+        raise ValueError("give either order= (the family) or stability= (a designed member), "
+                         "not both")
+    if order == 2 * k - 2:
+        return design(k, "none").method
+    return belm_family(k, order)
+
+
+#: the default of :func:`belm` (see docs/belm_designs.md for the measurements behind it)
+DEFAULT_STABILITY = "bidirectional"
+
+
+def belm(k: int, stability: str = DEFAULT_STABILITY) -> LMMethod:
+    """The designed k-step BELM as an :class:`~lmsolvers.LMMethod` (see :func:`design`).
+
+    Default ``"bidirectional"``: parasitic modes neither grow in sampling nor in
+    inversion, on every grid (constant companion matrix), so exact inversion stays
+    exact in floating point; ``"forward"`` designs damp them in sampling and amplify
+    them exponentially in inversion.  ``belm(2)`` is O-BELM.
+    """
+    return design(k, stability).method

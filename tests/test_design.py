@@ -1,0 +1,112 @@
+"""Designed BELMs: table facts, exact invertibility, empirical order, speed."""
+
+import time
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+
+import lmsolvers as L
+from lmsolvers.analysis import characteristic_polynomial, root_condition
+from lmsolvers.design import design, equal_step_family, max_stable_order
+from lmsolvers.problems import GaussianMixture
+
+Z = sp.Symbol("zeta")
+
+
+def test_designs_of_k_le_5_derive_in_seconds():
+    design.cache_clear()
+    t = time.perf_counter()
+    for k in range(2, 6):
+        for st in ("none", "forward", "bidirectional"):
+            design(k, st)
+    assert time.perf_counter() - t < 60.0  # loaded 2-core machine; ~10-20 s measured
+
+
+@pytest.mark.parametrize("k,expected", [(2, 2), (3, 2), (4, 4), (5, 4)])
+def test_highest_stable_orders(k, expected):
+    for st in ("forward", "bidirectional"):
+        assert max_stable_order(k, st) == expected
+        d = design(k, st)
+        assert d.order_equal == expected
+        req = "forward" if st == "forward" else "both"
+        assert root_condition(characteristic_polynomial(list(d.a_equal)), req)
+
+
+def test_order_above_the_bound_has_no_zero_stable_member_k3():
+    # the one-parameter order-3 family: z^2 + B z + C with |C| <= 1, |B| <= 1 + C only at b2 = 2,
+    # where rho = (z-1)^2 (z+1): a double root on the circle
+    fam = equal_step_family(3, 3)
+    (t,) = fam.params
+    rho = sp.factor(characteristic_polynomial(list(fam.a)).as_expr())
+    q = sp.Poly(sp.cancel(rho / (Z - 1)), Z)
+    lc, B, C = q.all_coeffs()
+    B, C = sp.simplify(B / lc), sp.simplify(C / lc)
+    # the Schur-Cohn region, solved exactly by hand in the interval arithmetic of sympy
+    region = sp.Intersection(
+        sp.solveset(C <= 1, t, sp.S.Reals), sp.solveset(C >= -1, t, sp.S.Reals),
+        sp.solveset(B - 1 - C <= 0, t, sp.S.Reals), sp.solveset(-B - 1 - C <= 0, t, sp.S.Reals))
+    assert isinstance(region, sp.FiniteSet) and len(region) == 1
+    (t0,) = region
+    r0 = characteristic_polynomial([e.xreplace({t: t0}) for e in fam.a])
+    assert sp.factor(r0.as_expr()) == sp.factor((Z - 1) ** 2 * (Z + 1))
+    assert not root_condition(r0, "forward")
+
+
+def test_designed_constants():
+    assert design(4, "bidirectional").a_equal == (-1, 0, 1, 1)
+    assert design(4, "bidirectional").error_constant_equal == sp.Rational(-3, 10)
+    assert design(5, "bidirectional").a_equal == (0, 0, 0, 0, 1)
+    assert design(3, "bidirectional").a_equal == (sp.Rational(-1, 2), sp.Rational(1, 2), 1)
+
+
+@pytest.mark.parametrize("k", [3, 4, 5])
+@pytest.mark.parametrize("st", ["forward", "bidirectional"])
+def test_designed_methods_are_belms_and_round_trip(k, st):
+    m = L.belm(k, st)
+    assert m.is_bidirectional_explicit
+    prob = GaussianMixture()
+    grid = L.Grid.power(30, 5.0)
+    x0 = prob.data(8, generator=torch.Generator().manual_seed(1))
+    lat = L.invert(prob.eps, grid, m, x0, disable=True)
+    back = L.sample(prob.eps, grid, m, lat, disable=True)
+    amp = L.amplification(m, grid, "both")
+    err = float((back - x0).abs().max())
+    assert err <= 1e-13 * amp * 30
+
+
+@pytest.mark.parametrize("k", [3, 4, 5])
+@pytest.mark.parametrize("stability", ["bidirectional", "forward"])
+def test_empirical_order_variable_steps(k, stability):
+    """Every design shows its designed (equal-step) order on a smooth variable grid.
+
+    The variable-step versions hold a_2..a_k constant, so their LTE is O(h^k) on arbitrary
+    grids; the O(h^k) term is proportional to the change of step ratio, which is O(h) on a
+    smooth grid σ̄_i = σ̄_max (i/N)^1.5, so the equal-step order is attained there.
+    """
+    m = L.belm(k, stability)
+    p = m.info["order_equal"]
+    prob = GaussianMixture()
+    x = prob.prior(16, 5.0, generator=torch.Generator().manual_seed(0))
+    ref = prob.solution(x, 5.0, 0.0)
+    Ns = [160, 320, 640]
+    errs = []
+    for n in Ns:
+        grid = L.Grid.power(n, 5.0, rho=1.5)
+        errs.append(float((L.sample(prob.eps, grid, m, x, disable=True) - ref).abs().max()))
+    slope = -np.polyfit(np.log(Ns), np.log(errs), 1)[0]
+    assert abs(slope - p) < 0.25, (errs, slope)
+
+
+def test_derive_belm_family_and_designed_members():
+    # the order-3 family of 3-step BELMs has one free parameter, left symbolic
+    a, b, params = L.derive_belm(3, order=3)
+    assert [str(p) for p in params] == ["a3"]
+    from lmsolvers.symbolic import order_conditions
+    assert all(sp.simplify(c) == 0 for c in order_conditions(a, b, 3))
+    # order = 2k-2 leaves nothing free: the maximal-order method
+    assert L.derive_belm(3, order=4).name == "belm3-max"
+    assert L.derive_belm(3, stability="bidirectional") is L.belm(3, "bidirectional")
+    with pytest.raises(ValueError, match="not both"):
+        L.derive_belm(3, order=2, stability="forward")
