@@ -425,6 +425,7 @@ class DiffusionSampler:
 
     @property
     def num_inference_steps(self) -> int:
+        """Number of grid steps N (one network evaluation each for O-BELM)."""
         return self.grid.N
 
     def _state(self, x: torch.Tensor, node: int, name: str) -> torch.Tensor:

@@ -76,6 +76,15 @@ def _table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from .plots import plot_design_roots
+
+    out = args.out or f"belm{args.steps}_roots.png"
+    plot_design_roots(args.steps, out=out)
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lmsolvers`` command."""
     p = argparse.ArgumentParser(prog="lmsolvers", description=__doc__)
@@ -94,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--stability", choices=("none", "forward", "bidirectional"),
                    default="bidirectional")
     s.set_defaults(func=_stability)
+    pl = sub.add_parser("plot", help="root plot / root locus of the k-step designs (PNG)")
+    pl.add_argument("--steps", "-k", type=int, required=True)
+    pl.add_argument("--out", default=None, help="PNG path (default belm{k}_roots.png)")
+    pl.set_defaults(func=_plot)
     t = sub.add_parser("table", help="the k = 1..5 BELM table")
     t.add_argument("--kmax", type=int, default=5)
     t.add_argument("--markdown", action="store_true")

@@ -50,6 +50,7 @@ class EDICT:
 
     @property
     def name(self) -> str:
+        """``"edict(p)"``: the name latents record."""
         return f"edict({self.p:g})"
 
     k = 2  # the latent is the pair (x̄_N, ȳ_N)

@@ -58,6 +58,7 @@ class Latent:
 
     @property
     def k(self) -> int:
+        """Number of states in the latent (the method's step count k)."""
         return len(self.states)
 
 

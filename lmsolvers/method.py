@@ -93,6 +93,7 @@ class StepCoefficients:
 
     @property
     def steps(self) -> int:
+        """Number of steps ``N − k + 1`` the coefficients cover (rows)."""
         return self.a.shape[0]
 
 

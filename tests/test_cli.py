@@ -24,3 +24,12 @@ def test_derive_and_stability_via_module():
 
 def test_bad_order_is_an_error(capsys):
     assert main(["derive", "--steps", "3", "--order", "9"]) == 2
+
+
+def test_plot_command_writes_a_root_plot(tmp_path):
+    from lmsolvers.cli import main as cli_main
+
+    out = tmp_path / "roots.png"
+    assert cli_main(["plot", "--steps", "4", "--out", str(out)]) == 0
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

@@ -1,0 +1,86 @@
+"""Root plots of designed BELMs (matplotlib, from the ``bench`` extra; imported lazily).
+
+Where a picture says more than the table: the roots of ρ(ζ) of each design against
+the unit circle (sampling is stable inside, inversion outside), and, for a family
+with one free parameter, the root locus as the parameter sweeps, with the designed
+value marked and |C_{p+1}| beside it — it shows why the margin stops the optimum
+short of a double root.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import sympy as sp
+
+from .design import design, equal_step_family
+
+__all__ = ["plot_design_roots"]
+
+
+def _roots(a) -> np.ndarray:
+    return np.roots(np.concatenate([[1.0], -np.asarray(a, dtype=float)]))
+
+
+def plot_design_roots(k: int, out: str | Path | None = None, span: float = 3.0):
+    """Figure: roots of the k-step designs (left) and the root locus of the
+    bidirectional family when it has one free parameter (right).
+
+    Returns the matplotlib figure; writes it to ``out`` (PNG) when given.
+    """
+    import matplotlib
+
+    if out is not None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.6))
+    t = np.linspace(0, 2 * np.pi, 400)
+    for a_ in (ax, ax2):
+        a_.plot(np.cos(t), np.sin(t), color="0.6", lw=1)
+        a_.set_aspect("equal")
+        a_.axhline(0, color="0.85", lw=0.8)
+        a_.axvline(0, color="0.85", lw=0.8)
+    markers = {"none": "x", "forward": "s", "bidirectional": "o"}
+    for st, mk in markers.items():
+        d = design(k, st)
+        r = _roots([float(v) for v in d.a_equal])
+        ax.plot(r.real, r.imag, mk, mfc="none", ms=9,
+                label=f"{st}: order {d.order_equal}, C={d.error_constant_equal}")
+    lim = 1.6
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_title(f"roots of ρ(ζ), k = {k} designs (equal steps)")
+    ax.legend(fontsize=8, loc="lower left")
+
+    d = design(k, "bidirectional")
+    fam = equal_step_family(k, d.order_equal, symmetric=True)
+    if len(fam.params) == 1:
+        (p,) = fam.params
+        centre = float(d.params.get(str(p), 0.0))
+        values = np.linspace(centre - span, centre + span, 241)
+        f_a = sp.lambdify(p, list(fam.a), "numpy")
+        f_c = sp.lambdify(p, fam.error_constant, "numpy")
+        pts = np.array([_roots(np.broadcast_to(np.array(f_a(v), dtype=float), (k,)))
+                        for v in values])
+        sc = None
+        for j in range(k):
+            sc = ax2.scatter(pts[:, j].real, pts[:, j].imag, c=values, s=4, cmap="viridis")
+        r = _roots([float(v) for v in d.a_equal])
+        ax2.plot(r.real, r.imag, "o", mfc="none", color="crimson", ms=10,
+                 label=f"designed {p} = {d.params[str(p)]}")
+        fig.colorbar(sc, ax=ax2, label=f"{p}  (|C| at design: "
+                     f"{abs(float(f_c(float(d.params[str(p)])))):.3g})")
+        ax2.set_xlim(-lim, lim)
+        ax2.set_ylim(-lim, lim)
+        ax2.legend(fontsize=8, loc="lower left")
+        ax2.set_title(f"root locus of the bidirectional order-{d.order_equal} family")
+    else:
+        ax2.set_title(f"bidirectional family has {len(fam.params)} free parameters")
+        ax2.axis("off")
+    fig.tight_layout()
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+    return fig
