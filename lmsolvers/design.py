@@ -26,9 +26,21 @@ other (60°), and every parasitic root at chord distance ``≥ δ`` from the pri
 root 1.  Without it the error-constant optimum slides onto the boundary, where roots
 merge (a double root: not zero-stable; e.g. k = 3's order-3 limit ``(ζ−1)²(ζ+1)``).
 
+**Weak stability.** Roots on the unit circle are neutral only for ``hλ = 0``.  On a
+problem ``x' = λx`` a parasitic root ζ_j moves to ``ζ_j (1 + ν_j hλ + …)`` relative to
+the principal root's ``1 + hλ``, with Henrici's growth parameter
+``ν_j = κ_j/κ_1``, ``κ_j = σ(ζ_j)/(ζ_j ρ'(ζ_j))``; along a run the mode is multiplied by
+``exp(ν_j ∫λ)``.  Sampling a diffusion ODE is dissipative (``∫λ ≈ −ln(σ̄_max/s_data)``,
+about −6 on SD-like schedules), so a mode with ``ν_j = −3`` grows by ``e¹⁸``.  The
+leapfrog (O-BELM) has ``ν = −1``.  We require ``−Re ν_j ≤ GROWTH_MAX = 1.25`` for every
+parasitic root near the circle.  This was added after the digits and toy benchmarks:
+the error-constant optimum of the k = 4 family ``(ζ²−1)(ζ²+cζ+1)``, c = 1 (ν = −3 at
+ζ = −1), diverged on them, while c = −1 (ν = −1.22, error constant 29/90 instead of
+27/90) converges at fourth order.
+
 **Choice in a family.** Minimise ``|C_{p+1}|`` (equal steps) subject to the
-requirement and the margin, numerically; then take the simplest rational parameters
-(smallest common denominator from 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) within 5 % of
+requirement, the margin and the growth bound, numerically; then take the simplest
+rational parameters (smallest common denominator from 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) within 5 % of
 that optimum that satisfy the requirement *exactly* (:func:`lmsolvers.analysis.root_condition`)
 and the margin.  Rational parameters keep every coefficient exact.
 
@@ -75,10 +87,14 @@ __all__ = [
     "belm_family",
     "derive_belm",
     "margin_ok",
+    "growth_parameters",
+    "GROWTH_MAX",
 ]
 
 #: chord distance between roots on the unit circle (and from the principal root): 60°
 MARGIN = 1.0
+#: bound on −Re ν_j, the weak-instability growth rate of parasitic modes (module docstring)
+GROWTH_MAX = 1.25
 #: forward designs keep |a_k| ≥ AK_MIN (else the optimum degenerates to a (k−1)-step method)
 AK_MIN = 0.5
 STABILITIES = ("none", "forward", "bidirectional")
@@ -158,6 +174,31 @@ def margin_violation(a: np.ndarray, stability: str, delta: float = MARGIN) -> fl
     return float(v)
 
 
+def growth_parameters(a, b) -> list[tuple[complex, complex]]:
+    """``[(ζ_j, ν_j)]``: the roots of ρ and Henrici's growth parameters
+    ``ν_j = κ_j/κ_1``, ``κ_j = σ(ζ_j)/(ζ_j ρ'(ζ_j))`` (equal steps; ``a = a_1..a_k``,
+    ``b = b_0..b_k``; ρ(ζ) = ζ^k − Σ a_j ζ^{k−j}, σ(ζ) = Σ b_j ζ^{k−j})."""
+    a = np.asarray([float(x) for x in a])
+    b = np.asarray([float(x) for x in b])
+    rho = np.concatenate([[1.0], -a])
+    drho = np.polyder(rho)
+    roots = _roots(a)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a double root: ρ'(ζ) = 0
+        kappa = np.array([np.polyval(b, z) / (z * np.polyval(drho, z)) for z in roots])
+    i1 = int(np.argmin(np.abs(roots - 1)))
+    return [(complex(z), complex(kj / kappa[i1])) for z, kj in zip(roots, kappa, strict=True)]
+
+
+def growth_violation(a, b, delta: float = MARGIN) -> float:
+    """How far the worst parasitic root near the unit circle exceeds ``GROWTH_MAX``."""
+    pairs = growth_parameters(a, b)
+    i1 = int(np.argmin([abs(z - 1) for z, _ in pairs]))
+    worst = [-nu.real for j, (z, nu) in enumerate(pairs) if j != i1 and abs(z) > 1 - delta / 4]
+    if not all(np.isfinite(worst)):  # repeated root: growth is secular, never acceptable
+        return 1e3
+    return max([0.0] + [w - GROWTH_MAX for w in worst])
+
+
 def margin_ok(a, stability: str, delta: float = MARGIN) -> bool:
     """The margin of the module docstring holds (chords ≥ δ − 1e-9)."""
     return margin_violation(np.asarray([float(x) for x in a]), stability, delta) <= 1e-9
@@ -194,11 +235,15 @@ class Design:
 def _optimise(fam: EqualStepFamily, stability: str) -> tuple[np.ndarray, float]:
     m = len(fam.params)
     fa = sp.lambdify(fam.params, list(fam.a), "numpy")
+    fb = sp.lambdify(fam.params, list(fam.b), "numpy")
     fc = sp.lambdify(fam.params, fam.error_constant, "numpy")
+    k = len(fam.a)
 
     def obj(t):
-        a = np.array(fa(*t), dtype=float)
-        return abs(float(fc(*t))) + 1e3 * margin_violation(a, stability)
+        a = np.broadcast_to(np.array(fa(*t), dtype=float), (k,))
+        b = np.broadcast_to(np.array(fb(*t), dtype=float), (k + 1,))
+        return abs(float(fc(*t))) + 1e3 * (margin_violation(a, stability)
+                                           + growth_violation(a, b))
 
     from scipy.optimize import minimize
 
@@ -225,6 +270,9 @@ def _snap(fam: EqualStepFamily, x: np.ndarray, target: float, stability: str):
             if c > 1.05 * target + 1e-12:
                 continue
             a = [e.xreplace(sub) for e in fam.a]
+            b = [e.xreplace(sub) for e in fam.b]
+            if growth_violation(a, b) > 1e-9:
+                continue
             if not margin_ok(a, stability) or not root_condition(
                     characteristic_polynomial(a), req):
                 continue

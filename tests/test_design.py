@@ -55,8 +55,8 @@ def test_order_above_the_bound_has_no_zero_stable_member_k3():
 
 
 def test_designed_constants():
-    assert design(4, "bidirectional").a_equal == (-1, 0, 1, 1)
-    assert design(4, "bidirectional").error_constant_equal == sp.Rational(-3, 10)
+    assert design(4, "bidirectional").a_equal == (1, 0, -1, 1)
+    assert design(4, "bidirectional").error_constant_equal == sp.Rational(-29, 90)
     assert design(5, "bidirectional").a_equal == (0, 0, 0, 0, 1)
     assert design(3, "bidirectional").a_equal == (sp.Rational(-1, 2), sp.Rational(1, 2), 1)
 
@@ -110,3 +110,26 @@ def test_derive_belm_family_and_designed_members():
     assert L.derive_belm(3, stability="bidirectional") is L.belm(3, "bidirectional")
     with pytest.raises(ValueError, match="not both"):
         L.derive_belm(3, order=2, stability="forward")
+
+
+def test_growth_parameters_and_the_weak_stability_bound():
+    """Henrici's ν_j: leapfrog's parasitic root −1 has ν = −1; the k = 4 family member
+    c = 1 (the error-constant optimum) has ν = −3 there and is excluded by GROWTH_MAX."""
+    from lmsolvers.design import GROWTH_MAX, growth_parameters
+
+    def at(pairs, root):
+        return min(pairs, key=lambda p: abs(p[0] - root))[1]
+
+    lf = growth_parameters([0, 1], [0, -2, 0])
+    assert abs(at(lf, -1) - (-1)) < 1e-12 and abs(at(lf, 1) - 1) < 1e-12
+    fam = equal_step_family(4, 4, symmetric=True)
+    (c,) = fam.params
+    sub = {c: 1}
+    nu = growth_parameters([e.xreplace(sub) for e in fam.a], [e.xreplace(sub) for e in fam.b])
+    assert abs(at(nu, -1) - (-3)) < 1e-9
+    for k in (3, 4, 5):
+        for st in ("forward", "bidirectional"):
+            d = design(k, st)
+            pairs = growth_parameters(d.a_equal, d.b_equal)
+            worst = max(-nu.real for z, nu in pairs if abs(z - 1) > 1e-9 and abs(z) > 0.75)
+            assert worst <= GROWTH_MAX + 1e-9, (k, st, worst)
