@@ -42,7 +42,8 @@ the error-constant optimum of the k = 4 family ``(ζ²−1)(ζ²+cζ+1)``, c = 1
 requirement, the margin and the growth bound, numerically; then take the simplest
 rational parameters (smallest common denominator from 1, 2, 3, 4, 6, 8, 12, 16, 24, 32,
 48, 64) within 5 % of that optimum that satisfy the requirement *exactly*
-(:func:`lmsolvers.analysis.root_condition`) and the margin.  Rational parameters keep every coefficient exact.
+(:func:`lmsolvers.analysis.root_condition`) and the margin.  Rational parameters keep
+every coefficient exact.
 
 **Variable steps.** Parasitic growth over a run is governed by the products of the
 companion matrices, which depend on ``a_1..a_k`` only.  We hold ``a_2..a_k`` at their
