@@ -20,11 +20,13 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m lmsolvers.demo
+	$(BIN)/python benchmarks/demo.py
 
 test: $(STAMP)
-	$(BIN)/python -m ruff check lmsolvers adapters tests benchmarks
+	$(BIN)/python -m ruff check lmsolvers adapters tests benchmarks notebooks docs
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python benchmarks/toy_convergence.py
+	$(BIN)/python benchmarks/digits_bench.py
 	$(BIN)/python benchmarks/overhead.py
