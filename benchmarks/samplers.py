@@ -27,6 +27,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler
 
 import lmsolvers as L
+from lmsolvers.integrate import CountingEps
 
 __all__ = [
     "CountingEps",
@@ -39,15 +40,6 @@ __all__ = [
 ]
 
 
-class CountingEps:
-    """Wrap an ``eps(x̄, σ̄)`` and count its calls (one call = one NFE for the batch)."""
-
-    def __init__(self, eps: Callable[[torch.Tensor, float], torch.Tensor]):
-        self.eps, self.calls = eps, 0
-
-    def __call__(self, x: torch.Tensor, s: float) -> torch.Tensor:
-        self.calls += 1
-        return self.eps(x, s)
 
 
 @dataclass(frozen=True)

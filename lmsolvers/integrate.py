@@ -31,7 +31,7 @@ from .grid import Grid
 from .method import LMMethod, StepCoefficients
 
 __all__ = ["Latent", "EpsFn", "sample", "invert", "ddim_inversion", "lm_step", "lm_step_inverse",
-           "euler_step"]
+           "euler_step", "CountingEps"]
 
 EpsFn = Callable[[torch.Tensor, float], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
@@ -60,6 +60,18 @@ class Latent:
     def k(self) -> int:
         """Number of states in the latent (the method's step count k)."""
         return len(self.states)
+
+
+class CountingEps:
+    """Wrap an ``eps(x̄, σ̄)`` and count its calls: one call is one network evaluation
+    (NFE) for the whole batch, the honest cost measure of a sampler."""
+
+    def __init__(self, eps: EpsFn):
+        self.eps, self.calls = eps, 0
+
+    def __call__(self, x: torch.Tensor, s: float) -> torch.Tensor:
+        self.calls += 1
+        return self.eps(x, s)
 
 
 # --------------------------------------------------------------------- helpers

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lmsolvers as L
+from lmsolvers.integrate import CountingEps
 from lmsolvers.problems import GaussianData, GaussianMixture, TanhField
 from lmsolvers.stability import roundoff_amplification
 
@@ -118,15 +119,6 @@ def test_mixture_reference_agrees_with_gaussian_closed_form():
     xN = gd.prior(8, 5.0, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(gm.solution(xN, 5.0, 0.0), gd.solution(xN, 5.0, 0.0),
                                rtol=1e-10, atol=1e-10)
-
-
-class CountingEps:
-    def __init__(self, f):
-        self.f, self.calls = f, 0
-
-    def __call__(self, x, s):
-        self.calls += 1
-        return self.f(x, s)
 
 
 @pytest.mark.parametrize("method, per_step", [(L.ddim(), 1), (L.obelm(), 1), (L.bdia(0.5), 1),
