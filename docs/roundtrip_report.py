@@ -21,23 +21,14 @@ import torch
 
 import lmsolvers as L
 from lmsolvers.bitexact import format_roundtrip_table, roundtrip_report
+from lmsolvers.problems import TanhField
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (10, 20, 50, 100)
 
 
-class TanhNet:
-    def __init__(self, dim: int, seed: int):
-        g = torch.Generator().manual_seed(seed)
-        self.W = torch.randn(dim, dim, generator=g, dtype=torch.float64) / dim**0.5
-        self.b = torch.randn(dim, generator=g, dtype=torch.float64)
-
-    def __call__(self, x: torch.Tensor, s: float) -> torch.Tensor:
-        return torch.tanh(x @ self.W.to(x.dtype) / (1.0 + s) + self.b.to(x.dtype))
-
-
 def tanh_report(method: L.LMMethod) -> str:
-    net = TanhNet(16, 0)
+    net = TanhField(16, hidden=16, seed=0)
     x0 = torch.randn(8, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     grids = [L.Grid.power(n, 14.6) for n in STEPS]
     return format_roundtrip_table(roundtrip_report(lambda dt, g: net, method, grids, x0))
@@ -72,6 +63,38 @@ def digits_report(method: L.LMMethod) -> str | None:
     return format_roundtrip_table(rows)
 
 
+def tiny_conditional_report(method: L.LMMethod, guidance_scale: float = 3.0) -> str | None:
+    """The tiny random-weight SD-style conditional UNet (lmsolvers.adapters.tiny), with
+    classifier-free guidance, on SD-1.x's DDIM grid; latents 2×4×8×8."""
+    try:
+        from diffusers import DDIMScheduler
+        from lmsolvers.adapters import DiffusersEps, grid_from_scheduler
+        from lmsolvers.adapters.tiny import (
+            SD_SCHEDULER_CONFIG,
+            tiny_conditional_unet,
+            tiny_prompt_embeds,
+        )
+    except ImportError as exc:
+        print(f"(tiny conditional UNet skipped: {exc})", file=sys.stderr)
+        return None
+    sched = DDIMScheduler(**SD_SCHEDULER_CONFIG)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    cond, uncond = tiny_prompt_embeds(1, batch=2), tiny_prompt_embeds(2, batch=2)
+    models: dict[torch.dtype, torch.nn.Module] = {}
+
+    def make_eps(dt: torch.dtype, grid: L.Grid):
+        if dt not in models:
+            models[dt] = tiny_conditional_unet(seed=0, dtype=dt)
+        return DiffusersEps(models[dt], grid, sched, guidance_scale=guidance_scale,
+                            prompt_embeds=cond.to(dt), negative_prompt_embeds=uncond.to(dt))
+
+    grids = [grid_from_scheduler(sched, n) for n in STEPS]
+    with torch.no_grad():
+        rows = roundtrip_report(make_eps, method, grids, x0)
+    return format_roundtrip_table(rows)
+
+
 def main() -> None:
     torch.set_num_threads(1)
     method = L.obelm()
@@ -82,6 +105,11 @@ def main() -> None:
     if table is not None:
         print(f"\n## Digits DDPM (models/digits_ddpm, 16 test digits 1×8×8), {method.name}, "
               "DDIM 'leading' grid\n")
+        print(table)
+    table = tiny_conditional_report(method)
+    if table is not None:
+        print(f"\n## Tiny conditional UNet (random weights, guidance 3, latents 2×4×8×8), "
+              f"{method.name}, SD-1.x DDIM grid\n")
         print(table)
     print(f"\n(total {time.time() - t:.0f} s on 1 CPU thread)")
 
