@@ -32,7 +32,14 @@ import numpy as np
 import torch
 
 from lmsolvers.families import obelm
-from lmsolvers.grid import Grid, alphas_cumprod_from_betas, spaced_timesteps
+from lmsolvers.grid import (
+    Grid,
+    alphas_cumprod_from_betas,
+    linear_betas,
+    scaled_linear_betas,
+    spaced_timesteps,
+    vp_alpha,
+)
 from lmsolvers.integrate import Latent, invert, sample
 
 __all__ = [
@@ -94,9 +101,9 @@ def alphas_cumprod_from_config(scheduler: Any) -> np.ndarray:
     if trained is not None:
         betas = np.asarray(trained, dtype=np.float64)
     elif schedule == "linear":
-        betas = np.linspace(b0, b1, T, dtype=np.float64)
+        betas = linear_betas(T, b0, b1)
     elif schedule == "scaled_linear":
-        betas = np.linspace(b0**0.5, b1**0.5, T, dtype=np.float64) ** 2
+        betas = scaled_linear_betas(T, b0, b1)
     elif schedule == "squaredcos_cap_v2":
         betas = _cosine_betas(T)
     else:
@@ -326,7 +333,7 @@ class DiffusersEps:
         if i is not None:
             alpha = float(self.grid.alphas[i])
             return float(self.grid.timesteps[i]), alpha, alpha * float(self.grid.sigma_bar[i])
-        alpha = 1.0 / math.sqrt(1.0 + sigma_bar**2)
+        alpha = float(vp_alpha(sigma_bar))
         return self.timestep_of(sigma_bar), alpha, alpha * sigma_bar
 
     def _timestep_tensor(self, t: float) -> torch.Tensor:

@@ -35,7 +35,7 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils import BaseOutput
 
 from lmsolvers.families import bdia, ddim, obelm
-from lmsolvers.grid import Grid
+from lmsolvers.grid import Grid, vp_alpha
 from lmsolvers.integrate import Latent, euler_step, lm_step, lm_step_inverse
 from lmsolvers.method import LMMethod, StepCoefficients
 
@@ -220,7 +220,7 @@ class BELMScheduler(_LMSchedulerBase):
             raise TypeError(f"expected an lmsolvers Latent, got {type(latent).__name__}")
         self._pending = latent
         # α_N from the latent's own σ̄ (VP): the grid may not exist yet
-        alpha_n = 1.0 / float(np.sqrt(1.0 + latent.sigma_bar[-1] ** 2))
+        alpha_n = float(vp_alpha(latent.sigma_bar[-1]))
         x = latent.x_N * alpha_n
         return x.to(device=device if device is not None else x.device, dtype=dtype)
 

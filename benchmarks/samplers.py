@@ -17,7 +17,6 @@ starter: fewer steps than the budget).  :class:`CountingEps` counts every call.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -145,6 +144,3 @@ def toy_grid(n_steps: int, config: dict | None = None) -> L.Grid:
     return L.Grid(sched.sigmas.double().numpy()[::-1].copy())
 
 
-def vp_alpha(sigma_bar: float) -> float:
-    """``α = 1/sqrt(1 + σ̄²)``."""
-    return 1.0 / math.sqrt(1.0 + sigma_bar * sigma_bar)

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import samplers as S  # noqa: E402
 
 import lmsolvers as L  # noqa: E402
+from lmsolvers.grid import vp_alpha  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,9 +44,9 @@ def run(spec: S.SamplerSpec, problem, n_steps: int, xbar_N: torch.Tensor
         s_max = float(grid.sigma_bar[-1])
 
         def out(x, t, sb):
-            return problem.eps(x * (1.0 + sb * sb) ** 0.5, sb)
+            return problem.eps(x / vp_alpha(sb), sb)
 
-        x0, nfe = S.dpm_solve(S.dpm_config(), n_steps, xbar_N * S.vp_alpha(s_max), out)
+        x0, nfe = S.dpm_solve(S.dpm_config(), n_steps, xbar_N * vp_alpha(s_max), out)
         return x0.double(), nfe
     ce = S.CountingEps(problem.eps)
     return L.sample(ce, grid, spec.method, xbar_N, disable=True), ce.calls

@@ -16,11 +16,21 @@ import numpy as np
 
 __all__ = [
     "Grid",
+    "vp_alpha",
     "linear_betas",
     "scaled_linear_betas",
     "alphas_cumprod_from_betas",
     "spaced_timesteps",
 ]
+
+
+def vp_alpha(sigma_bar):
+    """Variance-preserving signal scale ``α = 1/sqrt(1 + σ̄²)`` (float or array).
+
+    The numeric twin of :func:`lmsolvers.families.vp_alpha` (which builds the sympy
+    expression BDIA's coefficients are derived from).
+    """
+    return 1.0 / np.sqrt(1.0 + np.square(sigma_bar))
 
 
 def _as_1d_float64(name: str, values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -103,7 +113,7 @@ class Grid:
             if np.any(a <= 0):
                 raise ValueError("alphas must be positive")
         else:
-            a = 1.0 / np.sqrt(1.0 + s**2)
+            a = vp_alpha(s)
         for arr in (s, t, a):
             if arr is not None:
                 arr.setflags(write=False)
