@@ -1,56 +1,115 @@
 """lmsolvers: variable-step linear multistep solvers with exact inversion of diffusion sampling.
 
 The core knows nothing about diffusion: it integrates ``dx̄/dσ̄ = ε̄(x̄, σ̄)`` on a
-:class:`Grid` of σ̄ nodes (shared/DESIGN.md).  Bidirectional explicit methods
+:class:`Grid` of σ̄ nodes (docs/design.md §1).  Bidirectional explicit methods
 (BELMs) are algebraically invertible: :func:`invert` returns a :class:`Latent`
 from which :func:`sample` reproduces the data up to round-off.
+
+Public names are loaded on first use (PEP 562), so ``import lmsolvers`` and the
+command line's ``--help`` do not pay for torch and sympy until they are needed.
 """
 
-from . import problems
-from .analysis import analyze
-from .bitexact import (
-    BitexactLatent,
-    FixedPointOverflowError,
-    NondeterminismError,
-    RepresentationError,
-)
-from .design import belm, derive_belm, design
-from .edict import EDICT, edict
-from .families import bdia, ddim, obelm
-from .grid import Grid
-from .integrate import Latent, ddim_inversion, invert, sample
-from .method import LMMethod, StepCoefficients
-from .stability import amplification, is_zero_stable, stability_report
-from .symbolic import order_of
-from .table import belm_table
+from __future__ import annotations
 
-__all__ = [
-    "Grid",
-    "LMMethod",
-    "StepCoefficients",
-    "Latent",
-    "sample",
-    "invert",
-    "ddim_inversion",
-    "ddim",
-    "obelm",
-    "bdia",
-    "edict",
-    "EDICT",
-    "derive_belm",
-    "order_of",
-    "amplification",
-    "problems",
-    "BitexactLatent",
-    "RepresentationError",
-    "FixedPointOverflowError",
-    "NondeterminismError",
-    "is_zero_stable",
-    "stability_report",
-    "belm",
-    "design",
-    "analyze",
-    "belm_table",
-]
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
+#: public name -> submodule that defines it (one table; ``__all__`` is its keys)
+_EXPORTS: dict[str, str] = {
+    "Grid": "grid",
+    "LMMethod": "method",
+    "StepCoefficients": "method",
+    "Integrator": "engine",
+    "Latent": "latent",
+    "LatentMismatchError": "latent",
+    "sample": "integrate",
+    "invert": "integrate",
+    "ddim_inversion": "integrate",
+    "ExactnessWarning": "exactness",
+    "ExactnessError": "exactness",
+    "SolverInstabilityError": "exactness",
+    "predicted_roundtrip_error": "exactness",
+    "ddim": "families",
+    "obelm": "families",
+    "bdia": "families",
+    "method_from_name": "registry",
+    "edict": "edict",
+    "EDICT": "edict",
+    "derive_belm": "design",
+    "belm": "design",
+    "design": "design",
+    "order_of": "symbolic",
+    "amplification": "stability",
+    "is_zero_stable": "stability",
+    "stability_report": "stability",
+    "analyze": "analysis",
+    "belm_table": "table",
+    "BitexactLatent": "bitexact",
+    "RepresentationError": "bitexact",
+    "FixedPointOverflowError": "bitexact",
+    "NondeterminismError": "bitexact",
+}
+#: public submodules
+_MODULES = ("problems",)
+
+__all__ = [*_EXPORTS, *_MODULES]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module 'lmsolvers' has no attribute {name!r}")
+    globals()[name] = value  # cache: later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule binds it as an attribute of its package.  Two public
+    functions share their module's name (``edict``, ``design``): keep the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            return  # lmsolvers.edict stays the function; the module is in sys.modules
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+if TYPE_CHECKING:  # static analysers see the eager imports
+    from . import problems
+    from .analysis import analyze
+    from .bitexact import (
+        BitexactLatent,
+        FixedPointOverflowError,
+        NondeterminismError,
+        RepresentationError,
+    )
+    from .design import belm, derive_belm, design
+    from .edict import EDICT, edict
+    from .engine import Integrator
+    from .exactness import (
+        ExactnessError,
+        ExactnessWarning,
+        SolverInstabilityError,
+        predicted_roundtrip_error,
+    )
+    from .families import bdia, ddim, obelm
+    from .grid import Grid
+    from .integrate import ddim_inversion, invert, sample
+    from .latent import Latent, LatentMismatchError
+    from .method import LMMethod, StepCoefficients
+    from .registry import method_from_name
+    from .stability import amplification, is_zero_stable, stability_report
+    from .symbolic import order_of
+    from .table import belm_table

@@ -92,24 +92,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from .engine import EpsFn, Integrator, Run, all_finite, starter_step
 from .grid import Grid
-from .integrate import (
-    Callback,
-    EpsFn,
-    Latent,
-    _check_latent,
-    _check_state,
-    _EpsEvaluator,
-    _progress,
-    _starter_step,
-)
+from .latent import Latent, freeze_context
 from .method import LMMethod
 
 __all__ = [
@@ -120,12 +112,8 @@ __all__ = [
     "NondeterminismError",
     "fixed_point_plan",
     "default_frac_bits",
-    "sample_bitexact",
-    "invert_bitexact",
+    "Bitexact",
     "deterministic_eps",
-    "RoundTripRow",
-    "roundtrip_report",
-    "format_roundtrip_table",
 ]
 
 #: Design limit on |Y| (integer units): 2 bits of head-room below the run-time limit.
@@ -339,59 +327,8 @@ def _require_deterministic_device(device: torch.device) -> None:
         )
 
 
-class _Nodes:
-    """The integer states of the current window, their floats and their float64 ε."""
 
-    def __init__(self, plan: FixedPointPlan, ev: _EpsEvaluator, debug: bool,
-                 digests: dict[int, str] | None, compare: dict[int, str] | None):
-        self.plan, self.ev = plan, ev
-        self.y: dict[int, torch.Tensor] = {}
-        self.x: dict[int, torch.Tensor] = {}
-        self.e: dict[int, torch.Tensor] = {}
-        self.debug, self.digests, self.compare = debug, digests, compare
-
-    def put(self, m: int, y: torch.Tensor) -> None:
-        x = self.plan.dequantize(y, m)
-        if self.plan.dtype.itemsize < 8 and not bool(torch.isfinite(x).all()):
-            raise FixedPointOverflowError(
-                f"bit-exact mode: the state at node {m} (sigma_bar = "
-                f"{self.plan.sigma_bar[m]:.6g}) has magnitude "
-                f"{float(y.abs().max()) * abs(self.plan.scale[m]):.3e}, beyond the range of "
-                f"{self.plan.dtype}; the states grew (use fewer steps, a more stable method, "
-                "or a wider dtype)"
-            )
-        self.y[m] = y
-        self.x[m] = x
-
-    def eps(self, m: int) -> torch.Tensor:
-        if m not in self.e:
-            e = self.ev.at_node(m, self.x[m])
-            if self.debug:
-                d = _digest(e)
-                if self.digests is not None:
-                    self.digests[m] = d
-                if self.compare is not None and m in self.compare and self.compare[m] != d:
-                    raise NondeterminismError(
-                        f"eps at node {m} (sigma_bar = {self.plan.sigma_bar[m]:.6g}) differs "
-                        "from the inversion pass although its input is bitwise identical: ε "
-                        "depends on the batch composition, device, thread count or library "
-                        "version. Sample the same batch, in the same order, on the same setup"
-                    )
-            self.e[m] = e.to(torch.float64)
-        return self.e[m]
-
-    def drop(self, m: int) -> None:
-        for d in (self.y, self.x, self.e):
-            d.pop(m, None)
-        self.ev.forget(m)
-
-    def emit(self, callback: Callback | None, m: int) -> None:
-        if callback is not None:
-            callback({"node": m, "sigma_bar": float(self.plan.sigma_bar[m]),
-                      "x": self.x[m], "fixed": self.y[m]})
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BitexactLatent(Latent):
     """A :class:`~lmsolvers.Latent` that also carries the integer states of a bit-exact run.
 
@@ -406,258 +343,186 @@ class BitexactLatent(Latent):
     eps_digests: dict[int, str] | None = field(default=None, compare=False)
 
 
-def _setup(eps: EpsFn, grid: Grid, method: Any, like: torch.Tensor, check_finite: bool,
-           debug: bool, frac_bits: int | None, state_bound: float
-           ) -> tuple[FixedPointPlan, _EpsEvaluator]:
-    _require_deterministic_device(like.device)
-    plan = fixed_point_plan(method, grid, like.dtype, frac_bits=frac_bits,
-                            state_bound=state_bound)
-    ev = _EpsEvaluator(deterministic_eps(eps) if debug else eps, grid, like,
-                       check_finite or debug)
-    return plan, ev
+@dataclass
+class _RunPlan:
+    """A bit-exact run's fixed-point plan and its determinism bookkeeping."""
+
+    plan: FixedPointPlan
+    digests: dict[int, str] | None = None
+    compare: dict[int, str] | None = None
 
 
-# --------------------------------------------------------------------- sampling
-def sample_bitexact(
-    eps: EpsFn,
-    grid: Grid,
-    method: LMMethod,
-    x: torch.Tensor | Latent,
-    *,
-    callback: Callback | None = None,
-    disable: bool | None = None,
-    check_finite: bool = True,
-    debug: bool = False,
-    frac_bits: int | None = None,
-    state_bound: float = 8.0,
-) -> torch.Tensor:
-    """Bit-exact sampling: ``Y_r = (Y_{r+k} + round(g_r)) >> δ_r`` for r = N−k … 0.
+@dataclass(frozen=True, eq=False)
+class Bitexact(Integrator):
+    """The integer fixed-point arithmetic of a BELM (module docstring) as an integrator.
 
-    From a :class:`BitexactLatent` this reproduces, bitwise, the fixed-point image of the
-    inverted ``x̄_0`` (returned dequantised in the latent's dtype).  From a tensor ``x̄_N``
-    or a float :class:`~lmsolvers.Latent` the states are quantised first (a deterministic
-    sampler, not an inverse).  ``frac_bits``/``state_bound`` default to the latent's.
-    ``callback`` also receives ``"fixed"``, the int64 state.
+    Same method identity as ``method`` (a bit-exact latent is also an ordinary latent);
+    the window holds the dequantised floats, its companion (``"fixed"`` in callbacks)
+    the int64 states.  ``debug`` records/compares per-node ε digests.
     """
-    if not isinstance(method, LMMethod):
-        raise TypeError(f"bit-exact mode supports LMMethod BELMs, got {type(method).__name__}")
-    k, N = method.k, grid.N
-    if isinstance(x, Latent):
-        _check_latent(x, method.name, grid.sigma_bar[N - k + 1:].tolist())
-        like = x.x_N
-        if isinstance(x, BitexactLatent):
-            _, fb, sb, _ = x.plan_key
-            frac_bits = fb if frac_bits is None else frac_bits
-            state_bound = sb
-    else:
-        _check_state(x, "x")
-        like = x
-    plan, ev = _setup(eps, grid, method, like, check_finite, debug, frac_bits, state_bound)
-    compare = x.eps_digests if isinstance(x, BitexactLatent) and debug else None
-    nodes = _Nodes(plan, ev, debug, None, compare)
-    if isinstance(x, BitexactLatent):
-        if x.plan_key != plan.key():
-            raise ValueError(f"this bit-exact latent was made with fixed-point plan "
-                             f"{x.plan_key}, not {plan.key()}: sample with the grid, method and "
-                             "dtype it was inverted with")
-        for j, y in enumerate(x.fixed):
-            if y.dtype != torch.int64 or y.shape != like.shape or y.device != like.device:
-                raise ValueError("bit-exact latent: fixed states must be int64 tensors of the "
-                                 "states' shape and device")
-            nodes.put(N - k + 1 + j, y)
-        bar = _progress(N - k + 1, disable, f"sample[{method.name}, bitexact]")
-    elif isinstance(x, Latent):
-        for j, st in enumerate(x.states):
-            nodes.put(N - k + 1 + j, plan.quantize(st, N - k + 1 + j))
-        bar = _progress(N - k + 1, disable, f"sample[{method.name}, bitexact]")
-    else:
-        nodes.put(N, plan.quantize(x, N))
-        bar = _progress(N, disable, f"sample[{method.name}, bitexact]")
-        for m in range(N, N - k + 1, -1):  # starter on dequantised states, then quantise
-            nodes.eps(m)
-            xm = _starter_step(ev, method.starter, m, nodes.x[m], m - 1)
-            nodes.put(m - 1, plan.quantize(xm, m - 1))
-            nodes.emit(callback, m - 1)
-            bar.update()
-    for r in range(N - k, -1, -1):
-        t = r + k
-        q = plan.increment(r, [nodes.y[r + j] for j in range(1, k)],
-                           [nodes.eps(r + j) for j in range(1, k)])
-        _require_range(nodes.y[t], RUNTIME_BITS, t, float(plan.sigma_bar[t]), "the state")
-        v = nodes.y[t] + q
+
+    method: LMMethod
+    frac_bits: int | None = None
+    state_bound: float = 8.0
+    debug: bool = False
+
+    aux_name = "fixed"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, LMMethod):
+            raise TypeError(f"bit-exact mode supports LMMethod BELMs, got "
+                            f"{type(self.method).__name__} (EDICT's coupled integrator has no "
+                            "bit-exact mode)")
+
+    @property
+    def name(self) -> str:
+        """The method's name."""
+        return self.method.name
+
+    @property
+    def key(self) -> str:
+        """The method's identity."""
+        return self.method.key
+
+    @property
+    def k(self) -> int:
+        """The method's k."""
+        return self.method.k
+
+    @property
+    def span(self) -> int:
+        """The method's k."""
+        return self.method.k
+
+    @property
+    def order(self) -> int:
+        """The method's order."""
+        return self.method.order
+
+    def why_not_invertible(self) -> str | None:
+        """As the method."""
+        return self.method.why_not_invertible()
+
+    def amplification(self, grid: Grid, direction: str = "backward") -> float:
+        """The float method's growth (it costs integer bits here, see the plan)."""
+        return self.method.amplification(grid, direction)
+
+    def roundoff_amplification(self, grid: Grid) -> float:
+        """1: the integer round trip is bitwise."""
+        return 1.0
+
+    def prepare(self, grid: Grid, dtype: torch.dtype, direction: str) -> _RunPlan:
+        """The fixed-point plan of the method on ``grid`` for ``dtype``."""
+        plan = fixed_point_plan(self.method, grid, dtype, frac_bits=self.frac_bits,
+                                state_bound=self.state_bound)
+        digests = {} if self.debug and direction == "backward" else None
+        return _RunPlan(plan, digests)
+
+    def _attach(self, run: Run, rp: _RunPlan) -> None:
+        _require_deterministic_device(run.evaluate.device)
+        if self.debug:
+            def on_eps(m: int, e: torch.Tensor) -> torch.Tensor:
+                d = _digest(e)
+                if rp.digests is not None:
+                    rp.digests[m] = d
+                if rp.compare is not None and m in rp.compare and rp.compare[m] != d:
+                    raise NondeterminismError(
+                        f"eps at node {m} (sigma_bar = {rp.plan.sigma_bar[m]:.6g}) differs "
+                        "from the inversion pass although its input is bitwise identical: ε "
+                        "depends on the batch composition, device, thread count or library "
+                        "version. Sample the same batch, in the same order, on the same setup")
+                return e
+
+            run.window.on_eps = on_eps
+
+    def _put(self, run: Run, plan: FixedPointPlan, m: int, y: torch.Tensor) -> None:
+        x = plan.dequantize(y, m)
+        if plan.dtype.itemsize < 8 and not all_finite(x):
+            raise FixedPointOverflowError(
+                f"bit-exact mode: the state at node {m} (sigma_bar = {plan.sigma_bar[m]:.6g}) "
+                f"has magnitude {float(y.abs().max()) * abs(plan.scale[m]):.3e}, beyond the "
+                f"range of {plan.dtype}; the states grew (use fewer steps, a more stable "
+                "method, or a wider dtype)")
+        run.window.put(m, x, aux=y)
+
+    def _increment(self, run: Run, plan: FixedPointPlan, r: int) -> torch.Tensor:
+        w, k = run.window, self.k
+        return plan.increment(r, [w.aux(r + j) for j in range(1, k)],
+                              [w.eps(r + j).to(torch.float64) for j in range(1, k)])
+
+    def start(self, run: Run, rp: _RunPlan, x: torch.Tensor) -> None:
+        """Quantise ``x̄_N``; the starter runs on dequantised states, each result quantised."""
+        self._attach(run, rp)
+        plan, w, N = rp.plan, run.window, run.grid.N
+        self._put(run, plan, N, plan.quantize(x, N))
+        for m in range(N, N - self.k + 1, -1):
+            xm = starter_step(w, self.method.starter, m, m - 1)
+            self._put(run, plan, m - 1, plan.quantize(xm, m - 1))
+            run.emit(m - 1)
+
+    def load(self, run: Run, rp: _RunPlan, latent: Latent) -> None:
+        """A bit-exact latent's integer states (checked against the plan), or a float
+        latent's states quantised (then sampling is deterministic, not an inverse)."""
+        plan = rp.plan
+        if isinstance(latent, BitexactLatent):
+            if latent.plan_key != plan.key():
+                raise ValueError(f"this bit-exact latent was made with fixed-point plan "
+                                 f"{latent.plan_key}, not {plan.key()}: sample with the grid, "
+                                 "method and dtype it was inverted with")
+            rp.compare = latent.eps_digests if self.debug else None
+            like = latent.x_N
+            for m, y in zip(latent.nodes, latent.fixed, strict=True):
+                if y.dtype != torch.int64 or y.shape != like.shape or y.device != like.device:
+                    raise ValueError("bit-exact latent: fixed states must be int64 tensors of "
+                                     "the states' shape and device")
+                self._put(run, plan, m, y)
+        else:
+            for m, st in zip(latent.nodes, latent.states, strict=True):
+                self._put(run, plan, m, plan.quantize(st, m))
+        self._attach(run, rp)
+
+    def step(self, run: Run, rp: _RunPlan, r: int) -> None:
+        """``Y_r = (Y_{r+k} + round(g_r)) >> δ_r``."""
+        plan, w, t = rp.plan, run.window, r + self.k
+        q = self._increment(run, plan, r)
+        yt = w.aux(t)
+        _require_range(yt, RUNTIME_BITS, t, float(plan.sigma_bar[t]), "the state")
+        v = yt + q
         d = int(plan.shift[r])
         y = v if d == 0 else torch.div(v + (1 << (d - 1)), 1 << d, rounding_mode="floor")
-        nodes.put(r, y)
-        nodes.drop(t)
-        nodes.emit(callback, r)
-        bar.update()
-    bar.close()
-    return nodes.x[0]
+        self._put(run, plan, r, y)
+        w.drop(t)
 
+    def start_inverse(self, run: Run, rp: _RunPlan, x0: torch.Tensor) -> None:
+        """Quantise ``x̄_0``; the starter runs upwards on dequantised states."""
+        self._attach(run, rp)
+        plan, w = rp.plan, run.window
+        self._put(run, plan, 0, plan.quantize(x0, 0))
+        for m in range(self.k - 1):
+            xm = starter_step(w, self.method.starter, m, m + 1)
+            self._put(run, plan, m + 1, plan.quantize(xm, m + 1))
+            run.emit(m + 1)
 
-# -------------------------------------------------------------------- inversion
-def invert_bitexact(
-    eps: EpsFn,
-    grid: Grid,
-    method: LMMethod,
-    x0: torch.Tensor,
-    *,
-    callback: Callback | None = None,
-    disable: bool | None = None,
-    check_finite: bool = True,
-    debug: bool = False,
-    frac_bits: int | None = None,
-    state_bound: float = 8.0,
-) -> BitexactLatent:
-    """Bit-exact inversion: ``Y_{r+k} = 2^{δ_r} Y_r − round(g_r)`` for r = 0 … N−k.
-
-    ``x̄_0`` is quantised to ``Y_0 = round(x̄_0/s_0)``; nodes 1..k−1 come from the
-    method's starter on dequantised states (approximate; it does not matter).  Returns a
-    :class:`BitexactLatent`; :func:`sample_bitexact` on it returns ``s_0 Y_0`` bitwise.
-    """
-    _check_state(x0, "x0")
-    if isinstance(method, LMMethod) and method.name == "ddim":
-        raise ValueError("DDIM is not bidirectional explicit, so it has no exact inverse")
-    plan, ev = _setup(eps, grid, method, x0, check_finite, debug, frac_bits, state_bound)
-    k, N = method.k, grid.N
-    digests: dict[int, str] | None = {} if debug else None
-    nodes = _Nodes(plan, ev, debug, digests, None)
-    nodes.put(0, plan.quantize(x0, 0))
-    bar = _progress(N, disable, f"invert[{method.name}, bitexact]")
-    for m in range(0, k - 1):
-        nodes.eps(m)
-        xm = _starter_step(ev, method.starter, m, nodes.x[m], m + 1)
-        nodes.put(m + 1, plan.quantize(xm, m + 1))
-        nodes.emit(callback, m + 1)
-        bar.update()
-    for r in range(0, N - k + 1):
-        t = r + k
-        q = plan.increment(r, [nodes.y[r + j] for j in range(1, k)],
-                           [nodes.eps(r + j) for j in range(1, k)])
+    def backward_step(self, run: Run, rp: _RunPlan, r: int) -> None:
+        """``Y_{r+k} = 2^{δ_r} Y_r − round(g_r)`` (exact)."""
+        plan, w, t = rp.plan, run.window, r + self.k
+        q = self._increment(run, plan, r)
         d = int(plan.shift[r])
-        _require_range(nodes.y[r], RUNTIME_BITS + 1 - d, r, float(plan.sigma_bar[r]),
+        yr = w.aux(r)
+        _require_range(yr, RUNTIME_BITS + 1 - d, r, float(plan.sigma_bar[r]),
                        "the state (shifted)")
-        y = nodes.y[r] * (1 << d) - q if d else nodes.y[r] - q
+        y = yr * (1 << d) - q if d else yr - q
         _require_range(y, RUNTIME_BITS, t, float(plan.sigma_bar[t]), "the state")
-        nodes.put(t, y)
-        nodes.drop(r)
-        nodes.emit(callback, t)
-        bar.update()
-    bar.close()
-    top = range(N - k + 1, N + 1)
-    return BitexactLatent(
-        states=tuple(nodes.x[m] for m in top), method=method.name,
-        sigma_bar=tuple(float(grid.sigma_bar[m]) for m in top),
-        fixed=tuple(nodes.y[m] for m in top), plan_key=plan.key(), eps_digests=digests)
+        self._put(run, plan, t, y)
+        w.drop(r)
 
-
-# ---------------------------------------------------------------- diagnostics
-@dataclass(frozen=True)
-class RoundTripRow:
-    """One round trip: ``mode`` is ``"float"`` or ``"bitexact"``.
-
-    ``max_abs``/``rms``: error of ``sample(invert(x̄_0))`` against ``x̄_0`` (float64);
-    ``bitwise``: equal to the reference in every bit (``x̄_0`` for float, its fixed-point
-    image for bit-exact); ``amplification``: the grid's backward parasitic-mode
-    amplification; ``error``: the exception's class name if the round trip failed.
-    """
-
-    steps: int
-    dtype: str
-    mode: str
-    max_abs: float
-    rms: float
-    bitwise: bool
-    amplification: float
-    error: str = ""
-
-
-def _dtype_name(dt: torch.dtype) -> str:
-    return str(dt).replace("torch.", "")
-
-
-def roundtrip_report(
-    make_eps: Callable[[torch.dtype, Grid], EpsFn],
-    method: LMMethod,
-    grids: Iterable[Grid],
-    x0: torch.Tensor,
-    *,
-    dtypes: Sequence[torch.dtype] = (torch.float16, torch.bfloat16, torch.float32,
-                                     torch.float64),
-    bitexact_dtypes: Sequence[torch.dtype] = (torch.float16, torch.float32),
-) -> list[RoundTripRow]:
-    """Round-trip errors of ``sample(invert(x̄_0))`` per grid and dtype, float and bit-exact.
-
-    ``make_eps(dtype, grid)`` returns ε evaluated in that dtype (a model cast to it) on
-    that grid.  The
-    errors are measured in float64 against ``x̄_0`` cast to the dtype (so the input's
-    own rounding is not counted).  Beside them each row carries the backward
-    amplification of the grid (:func:`lmsolvers.stability.amplification`): round-off
-    made during inversion grows by up to that factor, which is why some schedules lose
-    digits in float and why bit-exact mode does not.
-    """
-    from .integrate import invert, sample
-    from .stability import amplification
-
-    rows: list[RoundTripRow] = []
-    for grid in grids:
-        amp = amplification(method, grid, "backward")
-        for mode, dts in (("float", dtypes), ("bitexact", bitexact_dtypes)):
-            for dt in dts:
-                eps = make_eps(dt, grid)
-                x = x0.to(dt)
-                bx = mode == "bitexact"
-                try:
-                    lat = invert(eps, grid, method, x, disable=True, bitexact=bx)
-                    out = sample(eps, grid, method, lat, disable=True, bitexact=bx)
-                except (ArithmeticError, ValueError) as exc:
-                    rows.append(RoundTripRow(grid.N, _dtype_name(dt), mode, float("nan"),
-                                             float("nan"), False, amp, type(exc).__name__))
-                    continue
-                ref = x
-                if bx:
-                    plan = fixed_point_plan(method, grid, dt)
-                    ref = plan.dequantize(plan.quantize(x, 0), 0)
-                err = out.double() - x.double()
-                finite = bool(torch.isfinite(err).all())
-                rows.append(RoundTripRow(
-                    grid.N, _dtype_name(dt), mode,
-                    float(err.abs().max()) if finite else float("inf"),
-                    float(err.pow(2).mean().sqrt()) if finite else float("inf"),
-                    bool(torch.equal(out, ref)), amp))
-    return rows
-
-
-def format_roundtrip_table(rows: Sequence[RoundTripRow]) -> str:
-    """A markdown table: one line per step count, one column per (mode, dtype).
-
-    Cells are the max abs round-trip error (``0`` when bitwise equal to the reference,
-    ``ERR(name)`` when the run raised); the last column is the backward amplification.
-    """
-    cols: list[tuple[str, str]] = []
-    for r in rows:
-        if (r.mode, r.dtype) not in cols:
-            cols.append((r.mode, r.dtype))
-    steps = sorted({r.steps for r in rows})
-    head = ["steps"] + [dt if m == "float" else f"bit-exact {dt}" for m, dt in cols] + \
-        ["amplification"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for n in steps:
-        cells = [str(n)]
-        amp = float("nan")
-        for m, dt in cols:
-            hit = [r for r in rows if r.steps == n and r.mode == m and r.dtype == dt]
-            if not hit:
-                cells.append("")
-                continue
-            r = hit[0]
-            amp = r.amplification
-            if r.error:
-                cells.append(f"ERR({r.error})")
-            elif r.bitwise and m == "bitexact":
-                cells.append(f"bitwise ({r.max_abs:.1e})")
-            else:
-                cells.append(f"{r.max_abs:.1e}")
-        cells.append(f"{amp:.2e}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    def latent(self, run: Run, rp: _RunPlan, context: Mapping[str, Any] | None
+               ) -> BitexactLatent:
+        """The k noisiest integer states, their floats, the plan key and (debug) digests."""
+        N, w = run.grid.N, run.window
+        nodes = tuple(range(N - self.k + 1, N + 1))
+        return BitexactLatent(
+            states=tuple(w[m] for m in nodes), method=self.name, method_key=self.key,
+            grid=run.grid, context=freeze_context(context), nodes=nodes,
+            fixed=tuple(w.aux(m) for m in nodes), plan_key=rp.plan.key(),
+            eps_digests=rp.digests)

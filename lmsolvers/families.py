@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import cache
 
 import sympy as sp
@@ -57,16 +58,19 @@ def bdia(gamma: float = 1.0) -> LMMethod:
     ``r = γ α_{i+1}/α_{i−1}`` (VP α of σ̄) this is
     ``x̄_{i−1} = (1 − r) x̄_i + r x̄_{i+1} − (1 + r h_{i+1}/h_i) h_i ε̄_i``.
     """
+    if isinstance(gamma, bool) or not isinstance(gamma, int | float):
+        raise TypeError(f"BDIA's gamma must be a real number, got {type(gamma).__name__}")
     gamma = float(gamma)
-    if gamma == 0.0:
+    if not math.isfinite(gamma) or gamma <= 0.0:
         raise ValueError(
-            "BDIA with gamma = 0 is DDIM: a_2 = 0, so it is not bidirectional explicit"
+            f"BDIA needs a finite gamma > 0, got {gamma!r}"
+            + (" (gamma = 0 is DDIM: a_2 = 0, not bidirectional explicit)" if gamma == 0 else "")
         )
     h1, h2 = step_symbols(2)
     g = sp.nsimplify(gamma, rational=True)
     r = g * vp_alpha(S0 + h1 + h2) / vp_alpha(S0)  # γ α_{i+1}/α_{i−1}
     return LMMethod(
-        name=f"bdia({gamma:g})",
+        name=f"bdia({gamma!r})",  # repr: the name parses back to this exact gamma
         a=(1 - r, r),
         b=(sp.Integer(0), -(1 + r * h2 / h1), sp.Integer(0)),
         info={"order": 1, "design": f"BDIA gamma={gamma:g}", "gamma": gamma},

@@ -1,17 +1,9 @@
-"""Growth of parasitic modes of a VSVF LM method on a concrete grid.
+"""Stability of a method: its equal-step roots and the growth of its parasitic modes on a grid.
 
-The homogeneous part of a step maps the window ``(x̄_{i}, …, x̄_{i+k−1})`` to
-``(x̄_{i−1}, …, x̄_{i+k−2})``.  A consistent method (``Σ_j a_j = 1``) maps constants
-to constants: that is the principal mode.  The parasitic modes live on the
-differences ``d_m = x̄_{i−1+m} − x̄_{i+m}`` (m = 1..k−1), on which the step acts by
-the (k−1)×(k−1) companion matrix ``P_i`` with first row
-``p_m = −Σ_{j>m} a_{i,j}`` and ones below the diagonal (for k = 2, ``P_i = −a_{i,2}``,
-O-BELM's parasitic root ``−h_i²/h_{i+1}²``).
-
-Sampling applies ``P_i`` for i = N−k+1 … 1; inversion applies ``P_i^{−1}`` in the
-opposite order, so a method whose parasitic modes decay while sampling amplifies
-them while inverting (DESIGN.md §3).  :func:`amplification` returns the largest
-growth a perturbation made at some step suffers until the end of the run.
+The numerics of parasitic growth live in :mod:`lmsolvers.parasitic` and each method
+knows its own (:meth:`~lmsolvers.engine.Integrator.amplification`); this module is
+the public face: :func:`amplification`, :func:`roundoff_amplification`,
+:func:`is_zero_stable` and :func:`stability_report` (docs/design.md §4).
 """
 
 from __future__ import annotations
@@ -19,78 +11,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from .analysis import characteristic_polynomial, root_condition, roots_of
 from .grid import Grid
 from .method import LMMethod
 
-__all__ = ["parasitic_matrices", "amplification", "roundoff_amplification"]
+__all__ = ["amplification", "roundoff_amplification", "is_zero_stable", "stability_report",
+           "StabilityReport"]
 
 
-def parasitic_matrices(method: LMMethod, grid: Grid) -> np.ndarray:
-    """``P_i`` for every step, shape ``(N−k+1, k−1, k−1)``; row r is the step landing on r."""
-    a = method.coefficients(grid).a
-    if not np.allclose(a.sum(axis=1), 1.0, rtol=0, atol=1e-9):
-        raise ValueError(f"method {method.name!r} is not consistent (Σ a_j ≠ 1); its parasitic "
-                         "modes are not separated from the principal one")
-    M, k = a.shape
-    P = np.zeros((M, k - 1, k - 1))
-    tail = np.cumsum(a[:, ::-1], axis=1)[:, ::-1]  # tail[:, m] = Σ_{j ≥ m+1} a_j (0-based)
-    P[:, 0, :] = -tail[:, 1:]
-    for m in range(1, k - 1):
-        P[:, m, m - 1] = 1.0
-    return P
-
-
-def amplification(method: LMMethod | Any, grid: Grid, direction: str = "backward") -> float:
+def amplification(method: Any, grid: Grid, direction: str = "backward") -> float:
     """Largest growth of parasitic modes from any step to the end of the run.
 
     ``direction="forward"`` (sampling, node N → 0) or ``"backward"`` (inversion,
-    0 → N): ``max_r ‖Π (step matrices after r)‖₂``, at least 1.  Round-off made
-    during a run is amplified by at most about this factor, so exactness tests scale
-    their tolerance by it.  ``"both"`` returns the larger of the two.
+    0 → N): for an LM method ``max_r ‖Π (companion matrices after r)‖₂``, at least 1
+    (:mod:`lmsolvers.parasitic`); EDICT knows its own mode.  Round-off made during a
+    run is amplified by at most about this factor.  ``"both"`` returns the larger of
+    the two; ``inf`` when the growth overflows float64.
     """
-    if not isinstance(method, LMMethod):  # coupled integrators (EDICT) know their own modes
-        return method.amplification(grid, direction)
-    if direction == "both":
-        return max(amplification(method, grid, "forward"),
-                   amplification(method, grid, "backward"))
-    if direction not in ("forward", "backward"):
+    if direction not in ("forward", "backward", "both"):
         raise ValueError(f"direction must be 'forward', 'backward' or 'both', got {direction!r}")
-    if method.k == 1:
-        return 1.0
-    P = parasitic_matrices(method, grid)
-    eye = np.eye(method.k - 1)
-    best, R = 1.0, eye
-    if direction == "forward":
-        # a perturbation made at the step landing on node r then passes P_{r-1}, …, P_0
-        for r in range(1, P.shape[0]):
-            R = R @ P[r - 1]
-            best = max(best, float(np.linalg.norm(R, 2)))
-    else:
-        # made at inversion step r, it then passes P_{r+1}^{-1}, …, P_{N-k}^{-1}
-        Pinv = np.linalg.inv(P)
-        for r in range(P.shape[0] - 1, 0, -1):
-            R = R @ Pinv[r]
-            best = max(best, float(np.linalg.norm(R, 2)))
-    return best
+    return method.amplification(grid, direction)
 
 
-def roundoff_amplification(method: LMMethod | Any, grid: Grid) -> float:
-    """How much a round trip (invert, then sample) may magnify unit round-off.
-
-    Each step commits a round-off of about ``u · Σ_j |coefficient_j| · |x̄|``; the
-    local factor is the larger of ``Σ_j |a_j|`` (sampling) and
-    ``(1 + Σ_{j<k} |a_j|)/|a_k|`` (inversion), large when adjacent steps differ a lot
-    (O-BELM's ``a_1 = 1 − h_i²/h_{i+1}²``).  The backward parasitic growth
-    (:func:`amplification`) then carries it to the end of the run.  Exactness
-    tests scale their tolerance by this product; it is a bound, not an estimate.
-    """
-    if not isinstance(method, LMMethod):
-        return max(1.0, amplification(method, grid, "backward"))
-    a = np.abs(method.coefficients(grid).a)
-    local = np.maximum(a.sum(axis=1), (1.0 + a[:, :-1].sum(axis=1)) / a[:, -1])
-    return max(1.0, float(local.max())) * amplification(method, grid, "backward")
+def roundoff_amplification(method: Any, grid: Grid) -> float:
+    """How much a round trip (invert, then sample) may magnify unit round-off: the local
+    conditioning of a step times the backward parasitic growth.  A bound, not an
+    estimate; :func:`lmsolvers.invert` warns when it times the unit round-off exceeds
+    its tolerance (:mod:`lmsolvers.exactness`)."""
+    return method.roundoff_amplification(grid)
 
 
 def is_zero_stable(method: LMMethod, direction: str = "forward") -> bool:
@@ -101,8 +49,6 @@ def is_zero_stable(method: LMMethod, direction: str = "forward") -> bool:
     ``1/ζ``); ``"both"``: all roots simple and on the unit circle.  See
     :mod:`lmsolvers.analysis`.
     """
-    from .analysis import root_condition
-
     return root_condition(method, direction)
 
 
@@ -143,8 +89,6 @@ def stability_report(method: LMMethod, grid: Grid) -> StabilityReport:
     companion matrices ``P_i`` (principal mode removed) from any step to the end of
     the run, for sampling and for inversion (O-BELM: about ``(h_N/h_1)²``).
     """
-    from .analysis import characteristic_polynomial, roots_of
-
     rho = characteristic_polynomial(method)
     a = method.coefficients(grid).a
     return StabilityReport(

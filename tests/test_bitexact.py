@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import lmsolvers as L
 from lmsolvers import bitexact as B
+from lmsolvers import roundtrip as R
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -166,8 +167,12 @@ def test_latent_plan_mismatch_and_unsupported_methods():
     x0 = torch.randn(2, 3)
     lat = L.invert(eps, grid, m, x0, bitexact=True, disable=True)
     grid2 = L.Grid(np.concatenate([grid.sigma_bar[:3] * 0.9, grid.sigma_bar[3:]]))
-    with pytest.raises(ValueError, match="fixed-point plan"):
+    with pytest.raises(L.LatentMismatchError, match="sigma_bar at node 1"):
         L.sample(eps, grid2, m, lat, bitexact=True, disable=True)
+    with pytest.raises(ValueError, match="fixed-point plan"):
+        L.sample(eps, grid, m, lat, bitexact=True, frac_bits=20, disable=True)
+    with pytest.raises(ValueError, match="bitexact=True"):
+        L.sample(eps, grid, m, lat, frac_bits=20, disable=True)
     bad = dataclasses.replace(lat, fixed=tuple(y.float() for y in lat.fixed))
     with pytest.raises(ValueError, match="int64"):
         L.sample(eps, grid, m, bad, bitexact=True, disable=True)
@@ -244,7 +249,7 @@ def test_roundtrip_report_rows_and_table():
     grids_ = [L.Grid.power(n, 10.0) for n in (5, 20)]
     x0 = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     net = TanhNet(4, 0)
-    rows = B.roundtrip_report(lambda dt, grid: net, L.obelm(), grids_, x0)
+    rows = R.roundtrip_report(lambda dt, grid: net, L.obelm(), grids_, x0)
     assert len(rows) == 2 * (4 + 2)
     for r in rows:
         assert not r.error
@@ -254,5 +259,5 @@ def test_roundtrip_report_rows_and_table():
     fp16 = [r for r in rows if r.mode == "float" and r.dtype == "float16"]
     fp64 = [r for r in rows if r.mode == "float" and r.dtype == "float64"]
     assert all(a.max_abs > b.max_abs for a, b in zip(fp16, fp64, strict=True))
-    table = B.format_roundtrip_table(rows)
+    table = R.format_roundtrip_table(rows)
     assert table.count("\n") == 3 and "bit-exact float32" in table and "amplification" in table

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lmsolvers as L
-from lmsolvers.integrate import CountingEps
+from lmsolvers.engine import CountingEps
 from lmsolvers.problems import GaussianData, GaussianMixture, TanhField
 from lmsolvers.stability import roundoff_amplification
 
@@ -168,7 +168,9 @@ def test_edict_inverts_exactly_for_odd_and_even_step_counts(N):
 
 def test_edict_is_a_two_step_belm_on_its_chain():
     """Every element of EDICT's chain x̄_N, ȳ_N, x', y', x̄_{N−1}, … is a_1 z_m + a_2 z_{m+1}
-    + c ε(z_m) of the two before it with a_2 ∈ {1, p} ≠ 0: a BELM (paper, EDICT section)."""
+    + c ε(r z_m) of the two before it with a_2 ∈ {1, p} ≠ 0: a BELM (paper, EDICT section).
+    The published EDICT feeds x' to the model with the upper timestep: in σ̄ form
+    r = α_{i−1}/α_i on the second link, 1 on the first."""
     p = 0.93
     grid = L.Grid.power(6, 3.0)
     eps = TanhField(dim=3, seed=1)
@@ -177,8 +179,11 @@ def test_edict_is_a_two_step_belm_on_its_chain():
     for i in range(grid.N, 0, -1):
         s, h = float(grid.sigma_bar[i]), float(grid.h[i - 1])
         # (a_1, a_2, ε-weight) of the four links of one EDICT step
-        for a1, a2, c in [(0.0, 1.0, -h), (0.0, 1.0, -h), (1 - p, p, 0.0), (1 - p, p, 0.0)]:
+        r = float(grid.alphas[i - 1] / grid.alphas[i])
+        links = [(0.0, 1.0, -h, 1.0), (0.0, 1.0, -h, r), (1 - p, p, 0.0, 1.0),
+                 (1 - p, p, 0.0, 1.0)]
+        for a1, a2, c, scale in links:
             z_m, z_m1 = chain[-1], chain[-2]
-            chain.append(a1 * z_m + a2 * z_m1 + (c * eps(z_m, s) if c else 0.0))
+            chain.append(a1 * z_m + a2 * z_m1 + (c * eps(scale * z_m, s) if c else 0.0))
     out = L.sample(eps, grid, L.edict(p), xN, disable=True)
     torch.testing.assert_close(chain[-2], out, rtol=1e-14, atol=1e-14)

@@ -66,8 +66,7 @@ def test_shape_dtype_device_checked():
     with pytest.raises(ValueError, match="NaN/Inf"):
         L.invert(tanh_eps, grid, m, torch.tensor([[1.0, float("inf")]]), disable=True)
     lat = L.invert(tanh_eps, grid, m, x, disable=True)
-    mixed = L.Latent(states=(lat.states[0].double(), lat.states[1]), method=lat.method,
-                     sigma_bar=lat.sigma_bar)
+    mixed = lat.with_states((lat.states[0].double(), lat.states[1]))
     with pytest.raises(ValueError, match="differ in shape, dtype or device"):
         L.sample(tanh_eps, grid, m, mixed, disable=True)
     with pytest.raises(ValueError, match="differ in shape, dtype or device"):

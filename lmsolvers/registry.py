@@ -1,0 +1,71 @@
+"""Methods by name: the one registry every entry point (core, sampler, scheduler, CLI) uses.
+
+A name is what ``method.name`` prints, so a method can be written to a config and read
+back: ``"ddim"``, ``"obelm"``, ``"bdia"`` (γ = 1), ``"bdia(0.5)"``, ``"edict"``
+(p = 0.93), ``"edict(0.93)"``, ``"belm3"`` (the default design), ``"belm3-forward"``,
+``"belm3-bidirectional"``, ``"belm3-max"`` (the maximal-order, not zero-stable method).
+Parameters are parsed with ``float`` (``repr`` round-trips exactly), so
+``method_from_name(m.name)`` has ``m``'s exact identity.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .design import belm, design
+from .edict import edict
+from .engine import Integrator
+from .families import bdia, ddim, obelm
+
+__all__ = ["method_from_name", "METHOD_NAMES"]
+
+#: the forms a name can take (for error messages and documentation)
+METHOD_NAMES = ("ddim", "obelm", "bdia", "bdia(<gamma>)", "edict", "edict(<p>)",
+                "edict(<p>, alternate)",
+                "belm<k>", "belm<k>-forward", "belm<k>-bidirectional", "belm<k>-max")
+
+_PARAM = re.compile(r"^(bdia|edict)\((.+)\)$")
+_BELM = re.compile(r"^belm(\d+)(?:-(forward|bidirectional|max|none))?$")
+
+
+def method_from_name(method: Any) -> Any:
+    """The core method (an :class:`~lmsolvers.LMMethod` or :class:`~lmsolvers.EDICT`) for
+    ``method``: a name (see the module docstring) or an already built method, returned as is.
+
+    Raises ``ValueError`` naming the accepted forms for an unknown name, and ``TypeError``
+    for anything that is neither a name nor a method.
+    """
+    if isinstance(method, Integrator):
+        return method
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a name or an lmsolvers method (LMMethod, EDICT), got "
+                        f"{type(method).__name__}")
+    name = method.strip().lower()
+    if name == "ddim":
+        return ddim()
+    if name == "obelm":
+        return obelm()
+    if name == "bdia":
+        return bdia()
+    if name == "edict":
+        return edict()
+    m = _PARAM.match(name)
+    if m:
+        args = [a.strip() for a in m.group(2).split(",")]
+        alternate = m.group(1) == "edict" and args[1:] == ["alternate"]
+        if len(args) != 1 + alternate:
+            raise ValueError(f"method {method!r}: unexpected arguments; names are "
+                             f"{', '.join(METHOD_NAMES)}")
+        try:
+            value = float(args[0])
+        except ValueError:
+            raise ValueError(f"method {method!r}: {args[0]!r} is not a number") from None
+        return bdia(value) if m.group(1) == "bdia" else edict(value, alternate)
+    m = _BELM.match(name)
+    if m:
+        k, kind = int(m.group(1)), m.group(2) or "bidirectional"
+        if k == 2:
+            return obelm()
+        return design(k, "none").method if kind in ("max", "none") else belm(k, kind)
+    raise ValueError(f"unknown method {method!r}; names are {', '.join(METHOD_NAMES)}")
