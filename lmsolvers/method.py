@@ -19,14 +19,20 @@ function that is evaluated for all steps of a grid at once.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import sympy as sp
+import torch
 
+from .engine import Integrator, Run, lm_step, lm_step_inverse, starter_step
 from .grid import Grid
+from .latent import Latent, freeze_context
+from .parasitic import companion_growth, local_roundoff
 
 __all__ = ["LMMethod", "StepCoefficients", "step_symbols", "S0", "nonvanishing"]
 
@@ -98,7 +104,7 @@ class StepCoefficients:
 
 
 @dataclass(frozen=True, eq=False)
-class LMMethod:
+class LMMethod(Integrator):
     """A k-step VSVF linear multistep method given by sympy coefficient expressions.
 
     Parameters
@@ -190,6 +196,24 @@ class LMMethod:
     def __repr__(self) -> str:
         return f"LMMethod({self.name!r}, k={self.k})"
 
+    # ------------------------------------------------------------ identity
+    @cached_property
+    def key(self) -> str:
+        """Exact identity: the name plus a digest of the exact coefficient expressions and
+        the starter, so two methods with one name but other parameters differ."""
+        text = "|".join([self.starter, *(sp.srepr(e) for e in self.a + self.b)])
+        return f"{self.name}#{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}"
+
+    @property
+    def span(self) -> int:
+        """A step spans k nodes (from the landing node to the farthest one)."""
+        return self.k
+
+    @property
+    def order(self) -> int:
+        """Order on smooth variable grids, as recorded by the derivation."""
+        return int(self.info["order"])
+
     # ------------------------------------------------------------- numerics
     @cached_property
     def _compiled(self):
@@ -247,3 +271,93 @@ class LMMethod:
                 f"on the step landing on node {r} of this grid; inversion would divide by it"
             )
         return c
+
+    # ------------------------------------------------- the integrator protocol
+    def why_not_invertible(self) -> str | None:
+        """Why the method has no exact inverse (see :meth:`why_not_bidirectional_explicit`)."""
+        reason = self.why_not_bidirectional_explicit()
+        if reason is not None and not self.is_backward_explicit and self.k == 1:
+            reason += ("; for DDIM's classic approximate inversion use "
+                       "lmsolvers.ddim_inversion")
+        return reason
+
+    def amplification(self, grid: Grid, direction: str = "backward") -> float:
+        """Parasitic growth over a run on ``grid`` (:mod:`lmsolvers.parasitic`)."""
+        if direction == "both":
+            return max(self.amplification(grid, "forward"),
+                       self.amplification(grid, "backward"))
+        return companion_growth(self.coefficients(grid).a, direction)
+
+    def roundoff_amplification(self, grid: Grid) -> float:
+        """Local conditioning of a step times the backward parasitic growth (a bound)."""
+        a = self.coefficients(grid).a
+        return local_roundoff(a) * companion_growth(a, "backward")
+
+    def prepare(self, grid: Grid, dtype: torch.dtype, direction: str) -> StepCoefficients:
+        """The coefficients on ``grid``; inversion also checks ``a_k`` (see
+        :meth:`check_invertible`) and that ``1/a_k`` fits ``dtype``."""
+        if not self.is_explicit:
+            raise ValueError(f"method {self.name!r} is implicit (b_0 ≠ 0); the integrator runs "
+                             "explicit methods only")
+        if direction == "forward":
+            return self.coefficients(grid)
+        c = self.check_invertible(grid)
+        _check_ak_range(c, self.name, dtype)
+        return c
+
+    def start(self, run: Run, plan: StepCoefficients, x: torch.Tensor) -> None:
+        """``x̄_N``, then the starter down to node N−k+1."""
+        w, N = run.window, run.grid.N
+        w.put(N, x)
+        for m in range(N, N - self.k + 1, -1):
+            w.put(m - 1, starter_step(w, self.starter, m, m - 1))
+            run.emit(m - 1)
+
+    def load(self, run: Run, plan: StepCoefficients, latent: Latent) -> None:
+        """The latent's k states at nodes N−k+1 … N."""
+        for m, st in zip(latent.nodes, latent.states, strict=True):
+            run.window.put(m, st)
+
+    def step(self, run: Run, plan: StepCoefficients, r: int) -> None:
+        """``x̄_r`` from nodes r+1 … r+k (:func:`lmsolvers.engine.lm_step`)."""
+        w = run.window
+        w.put(r, lm_step(plan, r, w))
+        w.drop(r + self.k)
+
+    def start_inverse(self, run: Run, plan: StepCoefficients, x0: torch.Tensor) -> None:
+        """``x̄_0``, then the starter up to node k−1 (approximate; it does not matter)."""
+        w = run.window
+        w.put(0, x0)
+        for m in range(self.k - 1):
+            w.put(m + 1, starter_step(w, self.starter, m, m + 1))
+            run.emit(m + 1)
+
+    def backward_step(self, run: Run, plan: StepCoefficients, r: int) -> None:
+        """``x̄_{r+k}`` from nodes r … r+k−1 (:func:`lmsolvers.engine.lm_step_inverse`)."""
+        w = run.window
+        w.put(r + self.k, lm_step_inverse(plan, r, w))
+        w.drop(r)
+
+    def latent(self, run: Run, plan: StepCoefficients,
+               context: Mapping[str, Any] | None) -> Latent:
+        """The k noisiest states."""
+        N = run.grid.N
+        nodes = tuple(range(N - self.k + 1, N + 1))
+        return Latent(states=tuple(run.window[m] for m in nodes), method=self.name,
+                      method_key=self.key, grid=run.grid, context=freeze_context(context),
+                      nodes=nodes)
+
+
+def _check_ak_range(c: StepCoefficients, name: str, dtype: torch.dtype) -> None:
+    """Refuse a grid on which an inversion weight ``1/a_k`` (or ``a_j/a_k``) overflows dtype."""
+    ak = c.a[:, -1]
+    with np.errstate(divide="ignore", over="ignore"):
+        w = np.maximum(np.abs(1.0 / ak), np.abs(c.a).max(axis=1) / np.abs(ak))
+    limit = torch.finfo(dtype).max
+    bad = np.flatnonzero(~(w < limit))
+    if bad.size:
+        r = int(bad[0])
+        raise ValueError(
+            f"method {name!r}: a_k = {ak[r]:.3e} underflows in {dtype} on the step landing "
+            f"on node {r}: the inversion weight 1/a_k = {1.0 / ak[r]:.3e} exceeds the dtype's "
+            f"max {limit:.3e}; use a wider dtype, fewer/smoother steps, or bitexact=True")
