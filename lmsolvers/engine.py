@@ -84,13 +84,18 @@ class EpsEvaluator:
     """Calls ε on states like ``like``, counts the calls (``nfev``) and checks each output.
 
     A non-finite output is reported as the solver's instability when the *input* state
-    was already non-finite (the run diverged), and as ε's fault otherwise.
+    was already non-finite or had grown a million-fold beyond the run's starting state
+    (the run diverged), and as ε's fault otherwise.
     """
+
+    #: growth of the state, relative to the starting state, taken as divergence
+    DIVERGED = 1e6
 
     def __init__(self, eps: EpsFn, like: torch.Tensor, check_finite: bool = True):
         self.eps, self.check_finite = eps, check_finite
         self.shape, self.dtype, self.device = like.shape, like.dtype, like.device
         self.nfev = 0
+        self._like = like  # its size is read only when ε fails
 
     def __call__(self, x: torch.Tensor, s: float, where: str) -> torch.Tensor:
         e = self.eps(x, s)
@@ -105,13 +110,20 @@ class EpsEvaluator:
                 f"eps returned {e.dtype} on {e.device} for a {self.dtype} state on "
                 f"{self.device} ({where}); return the state's dtype and device")
         if self.check_finite and not all_finite(e):
-            if not all_finite(x):
-                raise SolverInstabilityError(
-                    f"the state at {where} (sigma_bar = {s:.6g}) is NaN/Inf: the solver "
-                    "diverged (its parasitic modes grew without bound on this grid); use "
-                    "fewer steps, a zero-stable method, or check stability_report()")
-            raise FloatingPointError(f"eps returned NaN/Inf at {where}, sigma_bar = {s:.6g}")
+            self._blame(x, s, where)
         return e
+
+    def _blame(self, x: torch.Tensor, s: float, where: str) -> None:
+        size = float(x.detach().abs().max().double()) if x.numel() else 0.0
+        start = float(self._like.detach().abs().max().double()) if x.numel() else 0.0
+        if not np.isfinite(size) or size > self.DIVERGED * (1.0 + start):
+            raise SolverInstabilityError(
+                f"the state at {where} (sigma_bar = {s:.6g}) is NaN/Inf or has grown to "
+                f"{size:.3g} from {start:.3g}: the solver diverged (its parasitic modes grew "
+                "without bound on this grid), and ε returned NaN/Inf there; use fewer steps, "
+                "a zero-stable method, or check stability_report()")
+        raise FloatingPointError(f"eps returned NaN/Inf at {where}, sigma_bar = {s:.6g}, for a "
+                                 f"finite input of magnitude {size:.3g}")
 
 
 class Window:

@@ -1,14 +1,15 @@
 """Grids of the σ̄-ODE and the diffusion schedules they come from.
 
 A :class:`Grid` is a strictly increasing sequence of nodes ``σ̄_0 < σ̄_1 < … < σ̄_N``.
-Sampling walks node N → 0, inversion 0 → N (shared/DESIGN.md §1).  For a diffusion
+Sampling walks node N → 0, inversion 0 → N (docs/design.md §1).  For a diffusion
 model every node also carries the model timestep ``t_i`` and the signal scale
 ``α_i``; the grid indexes its own node table, so the "previous timestep" is always
-read from the table and never derived by arithmetic on timesteps (DESIGN.md §6).
+read from the table and never derived by arithmetic on timesteps (docs/design.md §8).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -139,6 +140,13 @@ class Grid:
         s = self.sigma_bar
         return f"Grid(N={self.N}, sigma_bar=[{s[0]:.4g} … {s[-1]:.4g}])"
 
+    def fingerprint(self) -> str:
+        """A digest of every node's σ̄, timestep and α (bitwise): equal digests, equal grids."""
+        d = hashlib.blake2b(digest_size=16)
+        for arr in (self.sigma_bar, self.timesteps, self.alphas):
+            d.update(b"-" if arr is None else arr.tobytes())
+        return d.hexdigest()
+
     def require_steps(self, k: int, what: str = "this method") -> None:
         """Raise ``ValueError`` unless the grid has at least ``k`` steps."""
         if self.N < k:
@@ -195,7 +203,17 @@ class Grid:
 
     @classmethod
     def power(cls, n: int, sigma_max: float, sigma_min: float = 0.0, rho: float = 2.0) -> Grid:
-        """``σ̄_i = σ_min + (σ_max − σ_min)(i/n)^ρ``: a smooth variable-step grid."""
+        """``σ̄_i = σ_min + (σ_max − σ_min)(i/n)^ρ``: a smooth variable-step grid.
+
+        ``n ≥ 1`` steps, ``0 ≤ σ_min < σ_max`` finite, ``ρ > 0`` finite.
+        """
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"the number of steps n must be an integer ≥ 1, got {n!r}")
+        if not (np.isfinite(sigma_max) and np.isfinite(sigma_min) and 0 <= sigma_min < sigma_max):
+            raise ValueError(f"need 0 ≤ sigma_min < sigma_max, both finite; got sigma_min = "
+                             f"{sigma_min!r}, sigma_max = {sigma_max!r}")
+        if not (np.isfinite(rho) and rho > 0):
+            raise ValueError(f"rho must be positive and finite, got {rho!r}")
         u = np.linspace(0.0, 1.0, n + 1)
         return cls(sigma_min + (sigma_max - sigma_min) * u**rho)
 

@@ -86,6 +86,11 @@ class Latent:
         """σ̄ of the nodes the states belong to."""
         return tuple(float(self.grid.sigma_bar[m]) for m in self.nodes)
 
+    @property
+    def fingerprint(self) -> str:
+        """One string for the latent's whole identity: method key, grid digest, context."""
+        return f"{self.method_key}|grid:{self.grid.fingerprint()}|{self.context!r}"
+
     def with_states(self, states: Sequence[torch.Tensor]) -> Latent:
         """The same latent identity with other tensors (e.g. moved to another device/dtype)."""
         states = tuple(states)

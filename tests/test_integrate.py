@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import lmsolvers as L
 from lmsolvers.engine import CountingEps
 from lmsolvers.problems import GaussianData, GaussianMixture, TanhField
-from lmsolvers.stability import roundoff_amplification
 
 BELMS = {
     "obelm": L.obelm(),
@@ -20,11 +19,11 @@ BELMS = {
 
 
 @st.composite
-def random_grids(draw, max_nodes=200):
+def random_grids(draw, max_nodes=200, jitter=1.5):
     n_nodes = draw(st.integers(3, max_nodes))
     seed = draw(st.integers(0, 2**31 - 1))
     rng = np.random.default_rng(seed)
-    h = np.exp(rng.uniform(-1.5, 1.5, size=n_nodes - 1))
+    h = np.exp(rng.uniform(-jitter, jitter, size=n_nodes - 1))
     s_max = draw(st.floats(0.5, 20.0))
     s_min = draw(st.sampled_from([0.0, 0.01]))
     return L.Grid(s_min + np.concatenate([[0.0], np.cumsum(h)]) * (s_max / h.sum()))
@@ -39,29 +38,39 @@ def roundtrip(method, grid, eps, x0):
     return L.sample(eps, grid, method, lat, disable=True)
 
 
-def amp(method, grid):
-    return roundoff_amplification(method, grid)
+#: measured: over ~500 random grids/fields (tanh ε, steps varying by e^±1.5, σ̄_max ≤ 20)
+#: the relative round-trip error stayed below 1.5e3 × the predicted u·R (median 0.05–8 by
+#: method); the factor covers the state growth (1 + σ̄_max) and ε's Lipschitz constant,
+#: which u·R leaves out.  (The former tolerance was 1e6 × u·R and empty on many grids.)
+RATIO = 1e4
+
+
+def check_roundtrip(name, grid, seed, batch, dtype, meaningful):
+    """The round trip errs by at most RATIO × the predicted u·R, on grids where that claim
+    says something (u·R ≤ ``meaningful``); elsewhere invert must warn (not tested here:
+    see test_exactness.py)."""
+    method = BELMS[name]
+    pred = L.predicted_roundtrip_error(method, grid, dtype)
+    assume(pred <= meaningful)
+    eps = TanhField(dim=6, seed=seed, scale=1.5)
+    x0 = torch.randn(batch, 6, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    err = rel_err(roundtrip(method, grid, eps, x0), x0)
+    assert err <= RATIO * pred, (err, pred)
 
 
 @pytest.mark.parametrize("name", list(BELMS))
 @given(grid=random_grids(max_nodes=200), seed=st.integers(0, 10_000), batch=st.integers(1, 4))
 def test_roundtrip_float64(name, grid, seed, batch):
-    method = BELMS[name]
-    eps = TanhField(dim=6, seed=seed, scale=1.5)
-    x0 = torch.randn(batch, 6, generator=torch.Generator().manual_seed(seed),
-                     dtype=torch.float64)
-    err = rel_err(roundtrip(method, grid, eps, x0), x0)
-    assert err <= 1e-10 * max(1.0, amp(method, grid)), (err, amp(method, grid))
+    check_roundtrip(name, grid, seed, batch, torch.float64, meaningful=1e-9)
 
 
-@pytest.mark.parametrize("name", ["obelm", "bdia(1)", "edict(0.93)"])
-@given(grid=random_grids(max_nodes=100), seed=st.integers(0, 10_000))
-def test_roundtrip_float32(name, grid, seed):
-    method = BELMS[name]
-    eps = TanhField(dim=6, seed=seed, scale=1.5)
-    x0 = torch.randn(3, 6, generator=torch.Generator().manual_seed(seed))
-    err = rel_err(roundtrip(method, grid, eps, x0), x0)
-    assert err <= 1e-4 * max(1.0, amp(method, grid)), (err, amp(method, grid))
+@pytest.mark.parametrize("name, max_nodes", [("obelm", 100), ("bdia(1)", 100),
+                                             ("bdia(0.9)", 40), ("edict(0.93)", 40)])
+@given(data=st.data(), seed=st.integers(0, 10_000))
+def test_roundtrip_float32(name, max_nodes, data, seed):
+    # steps varying by e^±0.7: float32 round trips are then meaningful on most grids
+    grid = data.draw(random_grids(max_nodes=max_nodes, jitter=0.7))
+    check_roundtrip(name, grid, seed, 3, torch.float32, meaningful=1e-5)
 
 
 @given(grid=random_grids(), seed=st.integers(0, 10_000))
@@ -77,7 +86,7 @@ def test_ddim_inversion_is_visibly_inexact(grid, seed):
 
 
 def test_bdia_amplification_predicts_roundoff_growth():
-    """BDIA(0.5) inverts by dividing by a_2 ≈ 0.5 α-ratio each step (DESIGN.md §3)."""
+    """BDIA(0.5) inverts by dividing by a_2 ≈ 0.5 α-ratio each step (docs/design.md §4)."""
     grid = L.Grid.stable_diffusion(50)
     a = L.amplification(L.bdia(0.5), grid)
     assert 1e12 < a < 1e18
