@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 #: public name -> submodule that defines it (one table; ``__all__`` is its keys)
 _EXPORTS: dict[str, str] = {
@@ -84,32 +84,3 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
-
-
-if TYPE_CHECKING:  # static analysers see the eager imports
-    from . import problems
-    from .analysis import analyze
-    from .bitexact import (
-        BitexactLatent,
-        FixedPointOverflowError,
-        NondeterminismError,
-        RepresentationError,
-    )
-    from .design import belm, derive_belm, design
-    from .edict import EDICT, edict
-    from .engine import Integrator
-    from .exactness import (
-        ExactnessError,
-        ExactnessWarning,
-        SolverInstabilityError,
-        predicted_roundtrip_error,
-    )
-    from .families import bdia, ddim, obelm
-    from .grid import Grid
-    from .integrate import ddim_inversion, invert, sample
-    from .latent import Latent, LatentMismatchError
-    from .method import LMMethod, StepCoefficients
-    from .registry import method_from_name
-    from .stability import amplification, is_zero_stable, stability_report
-    from .symbolic import order_of
-    from .table import belm_table
