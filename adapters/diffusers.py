@@ -2,17 +2,23 @@
 
 A diffusion model with ``x_t = α_t x_0 + σ_t n`` and noise predictor ``ε_θ(x, t)`` has
 the probability-flow ODE ``dx̄/dσ̄ = ε̄(x̄, σ̄)`` with ``x̄ = x/α``, ``σ̄ = σ/α`` and
-``ε̄(x̄, σ̄) = ε_θ(α x̄, t(σ̄))`` (shared/DESIGN.md §1).  This module provides
+``ε̄(x̄, σ̄) = ε_θ(α x̄, t(σ̄))`` (docs/design.md §1).  This module provides
 
 * :func:`grid_from_scheduler` – the :class:`~lmsolvers.Grid` of any diffusers scheduler
   config (β schedule, timestep spacing, ``steps_offset``, final ᾱ), indexing its own
-  timestep table (never ``t − T//N``: DESIGN.md §6);
+  timestep table (never ``t − T//N``: docs/design.md §8);
 * :class:`DiffusersEps` – ``eps(x̄, σ̄)`` for a ``UNet2DModel`` or a
   ``UNet2DConditionModel`` (classifier-free guidance in one batched call), for the
   prediction types ``epsilon``, ``v_prediction`` and ``sample``;
 * :class:`DiffusionSampler` – ``sample`` / ``invert`` / ``reconstruct`` in the model's
   x-space, with the solver state and all coefficient arithmetic in ``state_dtype``
   (float64 by default) whatever the model's dtype.
+
+Guidance follows diffusers' pipelines: classifier-free guidance is applied only for
+``guidance_scale > 1``; at ``w ≤ 1`` ε is the conditional prediction alone (``w < 1``
+warns, since it does *not* interpolate towards the unconditional ε).  So an inversion
+by :class:`DiffusionSampler` and a stock pipeline run with the same ``guidance_scale``
+evaluate the same ε, bit for bit (docs/design.md §8).
 
 Why a float64 state gives a ~1e-16 round trip through an fp16 model: inversion and
 sampling evaluate ε at states that agree to float64 round-off; the model input is
@@ -23,15 +29,17 @@ and the two linear recursions cancel to float64 precision.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import numbers
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from lmsolvers.families import obelm
 from lmsolvers.grid import (
     Grid,
     alphas_cumprod_from_betas,
@@ -40,7 +48,9 @@ from lmsolvers.grid import (
     spaced_timesteps,
     vp_alpha,
 )
-from lmsolvers.integrate import Latent, invert, sample
+from lmsolvers.integrate import invert, sample
+from lmsolvers.latent import Latent
+from lmsolvers.registry import method_from_name
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -50,10 +60,36 @@ __all__ = [
     "DiffusersEps",
     "DiffusionSampler",
     "resolve_state_dtype",
+    "check_num_inference_steps",
 ]
 
 #: The model parameterisations the adapter converts to ε.
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _summarise(values: Sequence[Any] | np.ndarray | torch.Tensor, head: int = 3,
+              tail: int = 3, what: str = "timesteps") -> str:
+    """``[a, b, c, …, x, y, z] (n timesteps)``: a long list in an error message, shortened."""
+    vals = values.tolist() if hasattr(values, "tolist") else list(values)
+    vals = [int(v) if float(v).is_integer() else v for v in vals]
+    if len(vals) <= head + tail:
+        return f"{vals} ({len(vals)} {what})"
+    shown = ", ".join(map(str, vals[:head] + ["…"] + vals[-tail:]))
+    return f"[{shown}] ({len(vals)} {what})"
+
+
+def check_num_inference_steps(n: Any) -> int:
+    """``n`` as an ``int`` ≥ 1; refuses fractions (10.7 is not silently 10), bools, strings."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Real) and not (
+            isinstance(n, torch.Tensor) and n.numel() == 1):
+        raise TypeError(f"num_inference_steps must be a positive integer, got "
+                        f"{type(n).__name__} {n!r}")
+    value = float(n)
+    if not value.is_integer() or value < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {n!r}"
+                         + (" (a fraction would silently run fewer steps)"
+                            if math.isfinite(value) and not value.is_integer() else ""))
+    return int(value)
 
 
 # --------------------------------------------------------------------- schedules
@@ -161,11 +197,11 @@ def grid_from_scheduler(scheduler: Any, num_inference_steps: int) -> Grid:
             f"config says num_train_timesteps = {cfg.get('num_train_timesteps')} but its "
             f"ᾱ table has {T} entries"
         )
-    n = int(num_inference_steps)
+    n = check_num_inference_steps(num_inference_steps)
     ts = spaced_timesteps(n, T, spacing=cfg.get("timestep_spacing", "leading") or "leading",
                           steps_offset=int(cfg.get("steps_offset", 0) or 0))
     if ts.max() >= T or ts.min() < 0:
-        raise ValueError(f"timesteps {ts.tolist()} fall outside [0, {T - 1}] (steps_offset "
+        raise ValueError(f"timesteps {_summarise(ts)} fall outside [0, {T - 1}] (steps_offset "
                          f"{cfg.get('steps_offset')} too large for {n} steps?)")
     final = _final_alpha_cumprod(cfg, ac)
     if ts.min() == 0 and final == ac[0]:
@@ -209,6 +245,16 @@ def _check_prediction_type(p: str) -> str:
     return p
 
 
+def _check_guidance(w: Any) -> float:
+    if isinstance(w, bool) or not isinstance(w, numbers.Real):
+        raise TypeError(f"guidance_scale must be a real number, got {type(w).__name__}")
+    w = float(w)
+    if not math.isfinite(w):
+        raise ValueError(f"guidance_scale must be a finite number, got {w}; diffusers "
+                         "pipelines guide for guidance_scale > 1 (typically 1 to 15)")
+    return w
+
+
 def resolve_state_dtype(state_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """``state_dtype`` unless the device has no float64 (MPS): then float32, with a warning."""
     if not state_dtype.is_floating_point:
@@ -236,10 +282,12 @@ class DiffusersEps:
     The model input ``α x̄`` is cast to the model's dtype and device; the output is
     converted to ε (:func:`to_epsilon`) in the state's dtype and returned on the
     state's device.  With ``prompt_embeds`` the model is called as a
-    ``UNet2DConditionModel``; with ``guidance_scale = w ≠ 1`` in one batched call
+    ``UNet2DConditionModel``; with ``guidance_scale = w > 1`` in one batched call
     on ``[uncond, cond]`` and ``ε = ε_u + w (ε_c − ε_u)`` (combined in the model's
-    dtype, exactly as diffusers' pipelines do).  Evaluation is deterministic:
-    ``model.eval()`` and ``torch.no_grad()``.
+    dtype, exactly as diffusers' pipelines do).  For ``w ≤ 1`` guidance is off, as in
+    the pipelines (they guide only when ``guidance_scale > 1``): ε is the conditional
+    prediction, and ``w < 1`` warns that it is treated as 1 (:attr:`effective_guidance_scale`).
+    Evaluation is deterministic: ``model.eval()`` and ``torch.no_grad()``.
 
     Parameters
     ----------
@@ -252,9 +300,11 @@ class DiffusersEps:
         The scheduler (or config) the grid came from: gives the training ᾱ table
         (checked against the grid) and the default ``prediction_type``.
     prediction_type, guidance_scale, prompt_embeds, negative_prompt_embeds:
-        As in diffusers.  ``negative_prompt_embeds`` (the embedding of the negative or
-        empty prompt) is required when ``guidance_scale ≠ 1``.  Embeddings with batch
-        1 are broadcast over the state's batch.
+        As in diffusers.  ``guidance_scale`` must be finite.  ``negative_prompt_embeds``
+        (the embedding of the negative or empty prompt) is required when
+        ``guidance_scale > 1``.  Embeddings are ``(batch, tokens, width)`` with the width
+        the model's ``cross_attention_dim`` (checked up front); batch 1 is broadcast over
+        the state's batch.
     unet_kwargs:
         Extra keyword arguments for every model call (e.g. ``added_cond_kwargs``).
     """
@@ -277,7 +327,11 @@ class DiffusersEps:
         self.model = model.eval()
         self.dtype, self.device = _model_dtype_device(model)
         self.grid = grid
-        self.guidance_scale = float(guidance_scale)
+        #: the guidance scale as given
+        self.guidance_scale = _check_guidance(guidance_scale)
+        #: the one applied: ``guidance_scale`` if it exceeds 1, else 1 (no guidance)
+        self.effective_guidance_scale = self.guidance_scale if self.guidance_scale > 1.0 \
+            else 1.0
         self.unet_kwargs = dict(unet_kwargs or {})
         if grid.timesteps is None:
             raise ValueError("the grid has no model timesteps; build it with "
@@ -287,22 +341,102 @@ class DiffusersEps:
         # the training table for fractional timesteps: log σ̄_t increases with t
         self._log_sbar = 0.5 * np.log((1.0 - ac) / ac)
         self._node = {float(s): i for i, s in enumerate(grid.sigma_bar)}
+        guided = self.effective_guidance_scale != 1.0
         if prompt_embeds is None:
-            if negative_prompt_embeds is not None or self.guidance_scale != 1.0:
-                raise ValueError("classifier-free guidance (guidance_scale ≠ 1 or negative "
+            if negative_prompt_embeds is not None or guided:
+                raise ValueError("classifier-free guidance (guidance_scale > 1 or negative "
                                  "embeddings) needs prompt_embeds")
-            self._cond = None
+            self._cond = self._uncond = None
         else:
-            if self.guidance_scale != 1.0 and negative_prompt_embeds is None:
+            if guided and negative_prompt_embeds is None:
                 raise ValueError(
                     f"guidance_scale = {self.guidance_scale:g} needs negative_prompt_embeds "
                     "(the text encoder's embedding of the negative or empty prompt)")
+            self._check_embeds(prompt_embeds, "prompt_embeds")
             self._cond = prompt_embeds.to(self.device, self.dtype)
-            self._uncond = None if negative_prompt_embeds is None or self.guidance_scale == 1.0 \
-                else negative_prompt_embeds.to(self.device, self.dtype)
-            if self._uncond is not None and self._uncond.shape[1:] != self._cond.shape[1:]:
-                raise ValueError(f"negative_prompt_embeds {tuple(self._uncond.shape)} and "
-                                 f"prompt_embeds {tuple(self._cond.shape)} differ in shape")
+            self._uncond = None
+            if guided:
+                self._check_embeds(negative_prompt_embeds, "negative_prompt_embeds")
+                self._uncond = negative_prompt_embeds.to(self.device, self.dtype)
+                if self._uncond.shape[1:] != self._cond.shape[1:]:
+                    raise ValueError(f"negative_prompt_embeds {tuple(self._uncond.shape)} and "
+                                     f"prompt_embeds {tuple(self._cond.shape)} differ in shape")
+        if self.guidance_scale < 1.0:
+            warnings.warn(
+                f"guidance_scale = {self.guidance_scale:g} < 1: classifier-free guidance is off, "
+                "as in diffusers' pipelines (they guide only for guidance_scale > 1); ε is the "
+                "conditional prediction, the same as guidance_scale = 1",
+                RuntimeWarning, stacklevel=3)
+
+    def _model_config(self) -> Mapping[str, Any]:
+        cfg = getattr(self.model, "config", None)
+        return cfg if isinstance(cfg, Mapping) else {}
+
+    def _embedding_width(self) -> int | None:
+        """The width the model takes (``encoder_hid_dim`` if it projects, else
+        ``cross_attention_dim``), or None when the config does not say."""
+        cfg = self._model_config()
+        width = cfg.get("encoder_hid_dim") if cfg.get("encoder_hid_dim_type") else None
+        width = cfg.get("cross_attention_dim") if width is None else width
+        return width if isinstance(width, int) and not isinstance(width, bool) else None
+
+    def _check_embeds(self, emb: Any, name: str) -> None:
+        if not isinstance(emb, torch.Tensor) or not emb.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point torch.Tensor, got "
+                            f"{type(emb).__name__}")
+        width = self._embedding_width()
+        shown = "width" if width is None else str(width)
+        if emb.dim() != 3:
+            raise ValueError(f"{name} must be 3-D (batch, tokens, {shown}), got shape "
+                             f"{tuple(emb.shape)}")
+        if width is not None and emb.shape[-1] != width:
+            raise ValueError(
+                f"{name} has width {emb.shape[-1]} but the model's cross_attention_dim = {width} "
+                f"({type(self.model).__name__}): encode the prompt with this model's text encoder")
+
+    def check_state(self, x: Any, name: str) -> None:
+        """Refuse a model-space state the model cannot take, naming what it expects.
+
+        ``x`` must be a floating-point tensor of shape ``(B, C, H, W)`` with ``C`` the
+        model's ``in_channels``, and ``B`` must match the prompt embeddings' batch (or they
+        have batch 1).
+        """
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point torch.Tensor, got "
+                            f"{type(x).__name__}" + (f" {x.dtype}" if isinstance(x, torch.Tensor)
+                                                     else ""))
+        cfg = self._model_config()
+        c = cfg.get("in_channels")
+        size = cfg.get("sample_size")
+        expects = "" if c is None else (
+            f"; this model ({type(self.model).__name__}) expects (B, {c}, H, W) with {c} channels"
+            + ("" if size is None else f", sample_size {size}"))
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D (B, C, H, W) tensor, got shape "
+                             f"{tuple(x.shape)}{expects}")
+        if c is not None and x.shape[1] != c:
+            raise ValueError(f"{name} has {x.shape[1]} channels but the model takes "
+                             f"in_channels = {c}: expected shape (B, {c}, H, W), got "
+                             f"{tuple(x.shape)}")
+        for emb, what in ((self._cond, "prompt_embeds"), (self._uncond, "negative_prompt_embeds")):
+            if emb is not None and emb.shape[0] not in (1, x.shape[0]):
+                raise ValueError(f"{what} has batch {emb.shape[0]} but {name} has batch "
+                                 f"{x.shape[0]}; give one embedding per state, or batch 1")
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """The model-side settings that change ε's bits, recorded in and checked against a
+        latent: the applied guidance scale, the prediction type, the model's class, a
+        digest of its config and its dtype (not the prompt: editing changes it on purpose)."""
+        cfg = {k: v for k, v in self._model_config().items() if not str(k).startswith("_")}
+        text = json.dumps(cfg, sort_keys=True, default=repr)
+        return {
+            "guidance_scale": self.effective_guidance_scale,
+            "prediction_type": self.prediction_type,
+            "model": type(self.model).__name__,
+            "model_config": hashlib.blake2b(text.encode(), digest_size=8).hexdigest(),
+            "model_dtype": str(self.dtype).removeprefix("torch."),
+        }
 
     @staticmethod
     def _check_grid(grid: Grid, ac: np.ndarray) -> None:
@@ -390,12 +524,15 @@ class DiffusionSampler:
         Any diffusers scheduler (or config): defines the grid (:func:`grid_from_scheduler`)
         and the prediction type.
     num_inference_steps:
-        N, the number of steps.
+        The number of steps, a positive integer (a linspace grid onto ``ᾱ_0`` has one
+        fewer: see :func:`grid_from_scheduler`).
     method:
-        An explicit core method (default :func:`~lmsolvers.obelm`); inversion needs a
-        bidirectional explicit one (O-BELM, BDIA, designed BELMs) or EDICT.
+        An explicit core method or its name (:func:`~lmsolvers.method_from_name`:
+        ``"obelm"`` (default), ``"bdia(0.5)"``, ``"edict(0.93)"``, ``"belm4"``, …);
+        inversion needs a bidirectional explicit one (O-BELM, BDIA, designed BELMs) or EDICT.
     guidance_scale, prompt_embeds, negative_prompt_embeds:
-        Classifier-free guidance as in :class:`DiffusersEps`.
+        Classifier-free guidance as in :class:`DiffusersEps`: applied for
+        ``guidance_scale > 1`` only, as diffusers' pipelines do (``< 1`` warns).
     state_dtype:
         dtype of the solver state and its arithmetic (float64 unless the device lacks it).
     prediction_type:
@@ -421,7 +558,7 @@ class DiffusionSampler:
     ) -> None:
         self.unet = unet
         self.scheduler = scheduler
-        self.method = obelm() if method is None else method
+        self.method = method_from_name("obelm" if method is None else method)
         self.grid = grid_from_scheduler(scheduler, num_inference_steps)
         self.eps = DiffusersEps(unet, self.grid, scheduler, prediction_type=prediction_type,
                                 guidance_scale=guidance_scale, prompt_embeds=prompt_embeds,
@@ -435,31 +572,52 @@ class DiffusionSampler:
         """Number of grid steps N (one network evaluation each for O-BELM)."""
         return self.grid.N
 
+    @property
+    def context(self) -> dict[str, Any]:
+        """Model-side settings recorded in a latent by :meth:`invert` and checked by
+        :meth:`sample` (:attr:`DiffusersEps.context`)."""
+        return self.eps.context
+
     def _state(self, x: torch.Tensor, node: int, name: str) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point torch.Tensor")
+        self.eps.check_state(x, name)
         return x.to(self.eps.device, self.state_dtype) / float(self.grid.alphas[node])
 
+    def move(self, latent: Latent) -> Latent:
+        """``latent`` with its states checked against the model and moved to the model's
+        device and ``state_dtype`` (its identity unchanged)."""
+        if not isinstance(latent, Latent):
+            raise TypeError(f"expected an lmsolvers Latent, got {type(latent).__name__}")
+        for st in latent.states:
+            self.eps.check_state(st, "latent state")
+        return latent.with_states([st.to(self.eps.device, self.state_dtype)
+                                   for st in latent.states])
+
     def sample(self, x: torch.Tensor | Latent, *, callback: Any = None) -> torch.Tensor:
-        """``x_0`` (in ``state_dtype``) from noise ``x_T`` or from an inverted latent."""
+        """``x_0`` (in ``state_dtype``) from noise ``x_T`` or from an inverted latent.
+
+        A latent must come from :meth:`invert` on the same grid (every node), with the
+        same method and :attr:`context`; anything else raises
+        :class:`~lmsolvers.LatentMismatchError` naming the difference.
+        """
         if isinstance(x, Latent):
-            states = tuple(s.to(self.eps.device, self.state_dtype) for s in x.states)
-            start: torch.Tensor | Latent = Latent(states, x.method, x.sigma_bar)
+            start: torch.Tensor | Latent = self.move(x)
         else:
             start = self._state(x, self.grid.N, "x_T")
         xbar0 = sample(self.eps, self.grid, self.method, start, callback=callback,
-                       disable=self.disable_progress)
+                       disable=self.disable_progress, context=self.context)
         return xbar0 * float(self.grid.alphas[0])
 
     def invert(self, x0: torch.Tensor, *, callback: Any = None) -> Latent:
-        """The exact-inversion :class:`Latent` of data ``x_0`` (states ``x̄`` in ``state_dtype``)."""
+        """The exact-inversion :class:`Latent` of data ``x_0`` (states ``x̄`` in
+        ``state_dtype``), recording the grid, the method and :attr:`context`."""
         return invert(self.eps, self.grid, self.method, self._state(x0, 0, "x0"),
-                      callback=callback, disable=self.disable_progress)
+                      callback=callback, disable=self.disable_progress, context=self.context)
 
     def reconstruct(self, x0: torch.Tensor) -> torch.Tensor:
         """``sample(invert(x_0))``: equals ``x_0`` up to the state's round-off."""
         return self.sample(self.invert(x0))
 
     def noise_of(self, latent: Latent) -> torch.Tensor:
-        """The model-space noisiest state ``x_T = α_N x̄_N`` of a latent (state dtype)."""
-        return latent.x_N * float(self.grid.alphas[-1])
+        """The model-space noisiest state ``x_T = α_N x̄_N`` of a latent, with ``α_N`` from
+        the latent's own grid table (the dtype of its states)."""
+        return latent.x_N * float(latent.grid.alphas[-1])

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from lmsolvers.integrate import Latent, sample
+from lmsolvers.integrate import sample
+from lmsolvers.latent import Latent, LatentMismatchError, check_latent
 
 from .diffusers import DiffusionSampler
 
@@ -95,7 +96,11 @@ def edit_latents(
     nodes ``m > N − n_f`` and the target-prompt ε below: ``frozen_fraction = 1`` (or a
     target equal to the source with equal guidance) gives back ``latents`` exactly.
     ``source_guidance_scale`` (default ``guidance_scale``) guides the inversion and the
-    frozen steps.  Pass ``latent`` to reuse an inversion (several edits of one image).
+    frozen steps.  Pass ``latent`` to reuse an inversion (several edits of one image); it
+    must come from the source sampler (same grid, method and model settings:
+    :class:`~lmsolvers.LatentMismatchError` otherwise).  ``method`` is a core method or its
+    name (``"obelm"``, ``"bdia(0.5)"``, …).  Sampling runs under the target's settings on
+    purpose, declared with ``latent.with_context(...)``.
     """
     if not 0.0 <= frozen_fraction <= 1.0:
         raise ValueError(f"frozen_fraction must lie in [0, 1], got {frozen_fraction}")
@@ -108,6 +113,9 @@ def edit_latents(
                            prompt_embeds=target_prompt_embeds, **common)
     if latent is None:
         latent = src.invert(latents)
+    else:  # the source inversion of these latents, not any latent
+        check_latent(latent, src.grid, src.method.key, src.method.name, src.context,
+                     src.method.k)
     grid = tgt.grid
     n_frozen = round(frozen_fraction * grid.N)
     # ε at node m is source-prompted iff m ≥ N − n_f + 1
@@ -116,9 +124,8 @@ def edit_latents(
     def eps(xbar: torch.Tensor, s: float) -> torch.Tensor:
         return src.eps(xbar, s) if s >= threshold else tgt.eps(xbar, s)
 
-    states = tuple(st.to(tgt.eps.device, tgt.state_dtype) for st in latent.states)
-    xbar0 = sample(eps, grid, tgt.method, Latent(states, latent.method, latent.sigma_bar),
-                   disable=disable_progress)
+    start = tgt.move(latent).with_context(tgt.context)  # an edit: other settings on purpose
+    xbar0 = sample(eps, grid, tgt.method, start, disable=disable_progress, context=tgt.context)
     return EditResult(latents=xbar0 * float(grid.alphas[0]), latent=latent)
 
 
@@ -160,11 +167,21 @@ def _slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
 
 
 def slerp_latents(a: Latent, b: Latent, w: float) -> Latent:
-    """Spherical interpolation of two latents, state by state (``w = 0`` → a, ``1`` → b)."""
-    if a.method != b.method or a.sigma_bar != b.sigma_bar:
-        raise ValueError("latents from different methods or grids cannot be interpolated")
+    """Spherical interpolation of two latents, state by state (``w = 0`` → a, ``1`` → b).
+
+    Both must come from the same grid, method and model settings (``ValueError`` naming
+    the difference otherwise); the result carries ``a``'s identity.
+    """
+    try:
+        check_latent(b, a.grid, a.method_key, a.method, dict(a.context), a.k)
+    except LatentMismatchError as exc:
+        raise LatentMismatchError(f"latents from different inversions cannot be interpolated: "
+                                  f"{exc}") from None
+    if a.states[0].shape != b.states[0].shape:
+        raise ValueError(f"latents of shapes {tuple(a.states[0].shape)} and "
+                         f"{tuple(b.states[0].shape)} cannot be interpolated")
     states = zip(a.states, b.states, strict=True)
-    return Latent(tuple(_slerp(sa, sb, float(w)) for sa, sb in states), a.method, a.sigma_bar)
+    return a.with_states([_slerp(sa, sb, float(w)) for sa, sb in states])
 
 
 def interpolate(sampler: DiffusionSampler, x0_a: torch.Tensor, x0_b: torch.Tensor,
@@ -175,4 +192,7 @@ def interpolate(sampler: DiffusionSampler, x0_a: torch.Tensor, x0_b: torch.Tenso
     and 1 reproduce ``x0_a`` and ``x0_b`` up to round-off.
     """
     la, lb = sampler.invert(x0_a), sampler.invert(x0_b)
-    return torch.stack([sampler.sample(slerp_latents(la, lb, w)) for w in weights])
+    # a slerped latent is the inversion of nothing: declare that it is sampled under the
+    # sampler's settings (those both inversions used)
+    return torch.stack([sampler.sample(slerp_latents(la, lb, w).with_context(sampler.context))
+                        for w in weights])

@@ -81,7 +81,7 @@ def test_grid_indexes_the_schedulers_own_timesteps(spacing, n):
 
 @pytest.mark.parametrize("spacing", ["trailing", "linspace"])
 def test_ddim_ratio_prev_timestep_is_wrong_and_ours_reads_the_table(spacing):
-    """DESIGN.md §6: DDIMScheduler.step lands on t − T//N, which is not the next table entry."""
+    """docs/design.md §8: DDIMScheduler.step lands on t − T//N, not on the next table entry."""
     n, T = 7, 1000
     cfg = dict(SD_SCHEDULER_CONFIG, timestep_spacing=spacing)
     ddim, belm = DDIMScheduler(**cfg), BELMScheduler.from_config(cfg, method="ddim")

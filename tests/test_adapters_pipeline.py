@@ -99,9 +99,13 @@ def test_inverse_scheduler_and_resume_from_full_latent_in_the_pipeline(pipe, emb
     # the documented resume: load the k states, pass the returned x_T as `latents`
     rec = run_pipe(pipe, embeds, pipe.scheduler.load_latent(inv.latent, dtype=torch.float32), w)
     assert rel(rec, x0) <= 1e-10
+    # the latent stays loaded: a second run from its x_T is exact again
+    again = run_pipe(pipe, embeds, pipe.scheduler.load_latent(inv.latent), w)
+    assert torch.equal(again, rec)
     # restarting from x_T alone (a single-state sampler) is not the inverse
-    again = run_pipe(pipe, embeds, (inv.latent.x_N * float(s.grid.alphas[-1])).float(), w)
-    assert rel(again, x0) > 1e-4
+    pipe.scheduler.clear_latent()
+    alone = run_pipe(pipe, embeds, (inv.latent.x_N * float(s.grid.alphas[-1])).float(), w)
+    assert rel(alone, x0) > 1e-4
 
 
 def test_load_latent_refuses_a_mismatched_grid(pipe, embeds, x_T):
@@ -111,7 +115,7 @@ def test_load_latent_refuses_a_mismatched_grid(pipe, embeds, x_T):
     latents = pipe.scheduler.load_latent(lat)
     with pytest.raises(ValueError, match="grid mismatch"):
         run_pipe(pipe, embeds, latents, 1.0)
-    pipe.scheduler._pending = None
+    pipe.scheduler.clear_latent()
 
 
 @pytest.mark.parametrize("src", [PNDMScheduler, DPMSolverMultistepScheduler])
