@@ -231,3 +231,16 @@ def test_bitexact_options_are_public_and_refused_in_float_mode():
                                     state_bound=4.0).quantize(x0_of(3), 0), 0))
     with pytest.raises(ValueError, match="bitexact=True"):
         L.invert(eps, grid, L.obelm(), x0_of(3), state_bound=4.0, disable=True)
+
+
+def test_progress_bars_close_when_a_run_fails():
+    from tqdm.auto import tqdm
+
+    before = len(tqdm._instances)
+    with pytest.raises(FloatingPointError):
+        L.sample(lambda x, s: x * float("nan"), L.Grid.power(10, 3.0), L.obelm(), x0_of(2),
+                 disable=False)
+    with pytest.raises(FloatingPointError):
+        L.invert(lambda x, s: x * float("nan"), L.Grid.power(10, 3.0), L.obelm(), x0_of(2),
+                 disable=False)
+    assert len(tqdm._instances) == before
