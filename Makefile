@@ -2,13 +2,15 @@
 # Both create or reuse a virtual environment and install what they need.
 # TORCH_SPEC pins the CPU wheel that lies on this machine's disk; override it
 # elsewhere, e.g. `make test TORCH_SPEC="torch==2.5.1"`.
+# Scripts under benchmarks/ run as modules of the `benchmarks` package, from the
+# checkout root (`python -m benchmarks.demo`), so none of them edits sys.path.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lmsolvers-installed
 
-.PHONY: demo test lint bench setup
+.PHONY: demo test lint docs bench setup
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,14 +21,25 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# Figures go to out/demo/ (git-ignored): the first command leaves a fresh clone clean.
 demo: $(STAMP)
-	$(BIN)/python benchmarks/demo.py
+	$(BIN)/python -m benchmarks.demo
 
+# The strict API-docs build and the notebooks run inside pytest (tests/test_api_docs.py,
+# tests/test_notebooks.py), so `make test` is the whole of CI.
 test: $(STAMP)
 	$(BIN)/python -m ruff check lmsolvers adapters tests benchmarks notebooks docs
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
 
+lint: $(STAMP)
+	$(BIN)/python -m ruff check lmsolvers adapters tests benchmarks notebooks docs
+
+# The API reference as HTML under out/docs/ (warnings are errors, as in the test).
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs/api out/docs
+
+# Regenerates the tracked tables and plots under benchmarks/results/ (12–13 min).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/toy_convergence.py
-	$(BIN)/python benchmarks/digits_bench.py
-	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python -m benchmarks.toy_convergence
+	$(BIN)/python -m benchmarks.digits_bench
+	$(BIN)/python -m benchmarks.overhead

@@ -8,22 +8,20 @@ are printed next to the same statistic on the held-out real test digits.
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/check_digits_model.py
+    .venv/bin/python -m benchmarks.check_digits_model
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from digits_classifier import DEFAULT_CLASSIFIER_PATH, DigitsCNN, load_classifier  # noqa: E402
-from digits_data import REPO_ROOT, load_digits_split, save_image_grid  # noqa: E402
+from .digits_classifier import DEFAULT_CLASSIFIER_PATH, DigitsCNN, load_classifier
+from .digits_data import REPO_ROOT, load_digits_split, save_image_grid
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -4,33 +4,35 @@
 2. inverts held-out real digits (never seen in training) with DDIM inversion, BDIA,
    EDICT and O-BELM, regenerates them from the latents, and prints a table of the
    reconstruction error, network evaluations and wall time;
-3. writes ``demo_samples.png`` and ``demo_reconstructions.png`` under ``--out``.
+3. writes ``demo_samples.png`` and ``demo_reconstructions.png`` under ``--out``
+   (default ``out/demo/`` in the checkout, which git ignores: running the demo must not
+   dirty a fresh clone; the printout names the folder).
 
 DDIM inversion is the approximate classic: its "latent" regenerates a different digit.
 O-BELM, BDIA and EDICT are exact up to the round-off of the solver state (float64 here;
 float32 shown for O-BELM).  Runs in well under 2 minutes on 2 CPU cores.
 
-Usage: ``.venv/bin/python benchmarks/demo.py [--steps 20] [--n-recon 8]``
+Usage: ``.venv/bin/python -m benchmarks.demo [--steps 20] [--n-recon 8]`` (``make demo``)
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from lmsolvers.adapters.diffusers import DiffusionSampler
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from digits_classifier import DEFAULT_CLASSIFIER_PATH, load_classifier  # noqa: E402
-from digits_data import REPO_ROOT, load_digits_split, save_image_grid  # noqa: E402
-from lmsolvers.adapters.diffusers import DiffusionSampler  # noqa: E402
+import lmsolvers as L
 
-import lmsolvers as L  # noqa: E402
+from .digits_classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
+from .digits_data import REPO_ROOT, load_digits_split, save_image_grid
 
 MODEL = REPO_ROOT / "models" / "digits_ddpm"
+#: Where the figures go by default: ignored by git (.gitignore), unlike benchmarks/results/.
+DEFAULT_OUT = REPO_ROOT / "out" / "demo"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,8 +43,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-recon", type=int, default=12, help="held-out digits to invert")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help="folder for the two PNG figures (default: out/demo/, git-ignored)")
     return p.parse_args(argv)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (shorter to read)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -50,6 +61,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     t_all = time.time()
+    print(f"figures go to {_shown(args.out)}/ (--out to change)")
     unet = UNet2DModel.from_pretrained(MODEL).eval()  # local files only: no network
     sched = DDIMScheduler.from_config(DDPMScheduler.from_pretrained(MODEL).config,
                                       timestep_spacing="trailing")
@@ -89,9 +101,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              disable_progress=True)
         counter["n"] = 0
         t0 = time.time()
-        if method.name == "ddim":
+        if method.why_not_invertible() is not None:  # DDIM: the classic approximation
+            # the sampler's model settings go into the latent, as s.invert records them
             lat = L.ddim_inversion(s.eps, s.grid, x0.to(dtype) / float(s.grid.alphas[0]),
-                                   disable=True)
+                                   disable=True, context=s.context)
         else:
             lat = s.invert(x0)
         rec = s.sample(lat)
@@ -111,9 +124,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     grid = torch.cat(recons)
     save_image_grid(grid, args.out / "demo_reconstructions.png", ncols=args.n_recon,
                     title="rows: held-out digits; " + "; ".join(r["sampler"] for r in rows))
-    print(f"\nwrote {args.out / 'demo_samples.png'} and {args.out / 'demo_reconstructions.png'}"
-          f" in {time.time() - t_all:.0f} s (held-out labels "
-          f"{y_test[: args.n_recon].tolist()})")
+    print(f"\nheld-out labels {y_test[: args.n_recon].tolist()}; done in "
+          f"{time.time() - t_all:.0f} s")
+    print(f"wrote {_shown(args.out / 'demo_samples.png')} and "
+          f"{_shown(args.out / 'demo_reconstructions.png')}")
     return rows
 
 

@@ -21,7 +21,7 @@ All samplers walk the grid of ``DPMSolverMultistepScheduler`` (trailing spacing,
 half, RK4-started BELMs fewer).  Writes ``digits_bench.md``, ``digits_bench.json``,
 ``digits_bench.png`` and one sample grid per sampler under ``--out``.
 
-Usage: ``.venv/bin/python benchmarks/digits_bench.py [--n-fd 512] [--threads 1]``
+Usage: ``.venv/bin/python -m benchmarks.digits_bench [--n-fd 512] [--threads 1]``
 """
 
 from __future__ import annotations
@@ -29,22 +29,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from lmsolvers.adapters.diffusers import DiffusersEps, grid_from_scheduler
 from scipy import linalg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import samplers as S  # noqa: E402
-from digits_classifier import DEFAULT_CLASSIFIER_PATH, load_classifier  # noqa: E402
-from digits_data import REPO_ROOT, load_digits_split, save_image_grid  # noqa: E402
-from lmsolvers.adapters.diffusers import DiffusersEps, grid_from_scheduler  # noqa: E402
+import lmsolvers as L
 
-import lmsolvers as L  # noqa: E402
+from . import samplers as S
+from .digits_classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
+from .digits_data import REPO_ROOT, load_digits_split, save_image_grid
+from .tables import markdown_table
 
 MODEL = REPO_ROOT / "models" / "digits_ddpm"
 
@@ -96,7 +95,7 @@ def round_trip(dm: DigitsModel, spec: S.SamplerSpec, n_steps: int, x0: torch.Ten
     """RMS and max |sample(invert(x_0)) − x_0| with the state (and for fp32 all) in ``dtype``."""
     grid, eps = dm.grid_eps(n_steps)
     xb = x0.to(dtype) / float(grid.alphas[0])
-    if spec.kind == "lm" and spec.method.name == "ddim":
+    if not spec.invertible:  # DDIM: its classic approximate inversion
         lat = L.ddim_inversion(eps, grid, xb, disable=True)
     else:
         lat = L.invert(eps, grid, spec.method, xb, disable=True)
@@ -344,70 +343,60 @@ def render_markdown(rec: dict) -> str:
         + ", ".join(f"{k}: {v:.1e}" for k, v in rec.get("ref_check", {}).items())
         + f". Errors below ~{2 * rec['ref_selfconv']:.0e} are therefore not resolved.",
         "",
-        "| sampler | " + " | ".join(f"NFE {b}: steps" for b in budgets) + " |",
-        "|---|" + "---|" * len(budgets),
     ]
-    for nm in names:
-        lines.append(f"| {nm} | " + " | ".join(
-            "—" if by[(nm, b)].get("steps") is None else
-            f"{by[(nm, b)]['steps']} (NFE {by[(nm, b)]['nfe']})" for b in budgets) + " |")
+    nfe_head = ["sampler", *(f"NFE {b}" for b in budgets)]
+    lines.append(markdown_table(
+        ["sampler", *(f"NFE {b}: steps" for b in budgets)],
+        ([nm, *("—" if by[(nm, b)].get("steps") is None else
+                f"{by[(nm, b)]['steps']} (NFE {by[(nm, b)]['nfe']})" for b in budgets)]
+         for nm in names)))
+    best = {b: min((by[(m, b)]["err"] for m in names if by[(m, b)].get("steps")),
+                   default=None) for b in budgets}
+
+    def err_cell(r: dict) -> str:
+        s = _f(r.get("err"))
+        return f"**{s}**" if r.get("err") is not None and r.get("err") == best[r["budget"]] else s
+
     lines += ["", "ODE error (RMS vs reference):", "",
-              "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
-              "|---|" + "---|" * len(budgets)]
-    for nm in names:
-        cells = []
-        best = {b: min((by[(m, b)]["err"] for m in names if by[(m, b)].get("steps")),
-                       default=None) for b in budgets}
-        for b in budgets:
-            r = by[(nm, b)]
-            s = _f(r.get("err"))
-            cells.append(f"**{s}**" if r.get("err") is not None and r.get("err") == best[b]
-                         else s)
-        lines.append(f"| {nm} | " + " | ".join(cells) + " |")
+              markdown_table(nfe_head, ([nm, *(err_cell(by[(nm, b)]) for b in budgets)]
+                                        for nm in names))]
     lines += ["", f"Fréchet distance to the {rec['n_test']} held-out digits (classifier features; "
               f"± bootstrap s.d. over the generated samples; real training digits score "
               f"**{rec['fd_floor']:.3f}**, the floor at this sample size):", "",
-              "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
-              "|---|" + "---|" * len(budgets)]
-    for nm in names:
-        lines.append(f"| {nm} | " + " | ".join(
-            "—" if by[(nm, b)].get("fd") is None else
-            f"{by[(nm, b)]['fd']:.3f} ± {by[(nm, b)]['fd_boot_sd']:.3f}" for b in budgets) + " |")
+              markdown_table(nfe_head, (
+                  [nm, *("—" if by[(nm, b)].get("fd") is None else
+                         f"{by[(nm, b)]['fd']:.3f} ± {by[(nm, b)]['fd_boot_sd']:.3f}"
+                         for b in budgets)] for nm in names))]
     if rec["seed_rows"]:
         lines += ["", "Run-to-run spread over noise seeds (same sampler and NFE, new noise):", ""]
         for s in rec["seed_rows"]:
             lines.append(f"- {s['sampler']} at NFE {s['budget']}: FD "
                          + ", ".join(f"{v:.3f}" for v in s["fds"]) + f" (s.d. {s['sd']:.3f})")
     lines += ["", "Wall time, ms per sample (batched, shared 2-core CPU, ±30 %):", "",
-              "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
-              "|---|" + "---|" * len(budgets)]
-    for nm in names:
-        lines.append(f"| {nm} | " + " | ".join(
-            _f(by[(nm, b)].get("ms_per_sample"), ".2f") for b in budgets) + " |")
+              markdown_table(nfe_head, (
+                  [nm, *(_f(by[(nm, b)].get("ms_per_sample"), ".2f") for b in budgets)]
+                  for nm in names))]
     rt_names = list(dict.fromkeys(r["sampler"] for r in rec["rt_rows"]))
     rtb = {(r["sampler"], r["budget"]): r for r in rec["rt_rows"]}
     lines += ["", f"Round trip `sample(invert(x_0))` on {cfg['n_rt']} held-out digits: RMS "
               "error, float64 state (fp32 network) / all float32; backward amplification "
-              "of the parasitic modes on the grid in brackets:", "",
-              "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
-              "|---|" + "---|" * len(budgets)]
-    for nm in rt_names:
-        cells = []
-        for b in budgets:
-            r = rtb.get((nm, b))
-            if r is None:
-                cells.append("—")
-                continue
-            amp = f" [{r['amplification']:.0e}]" if r["amplification"] > 1 else ""
-            cells.append(f"{_f(r['fp64'])} / {_f(r['fp32'])}{amp}")
-        lines.append(f"| {nm} | " + " | ".join(cells) + " |")
+              "of the parasitic modes on the grid in brackets:", ""]
+
+    def rt_cell(r: dict | None) -> str:
+        if r is None:
+            return "—"
+        amp = f" [{r['amplification']:.0e}]" if r["amplification"] > 1 else ""
+        return f"{_f(r['fp64'])} / {_f(r['fp32'])}{amp}"
+
+    lines.append(markdown_table(nfe_head, ([nm, *(rt_cell(rtb.get((nm, b))) for b in budgets)]
+                                           for nm in rt_names)))
     notes = [f"- {r['sampler']} NFE {r['budget']} {t}: {r[t + '_note']}"
              for r in rec["rt_rows"] for t in ("fp64", "fp32") if t + "_note" in r]
     if notes:
         lines += ["", "Failed round trips (— above):", *notes]
     lines += ["", f"Designed BELMs available: {rec['belm_ks'] or 'none (lmsolvers.belm absent)'}."
               f" Run time {rec['elapsed_s'] / 60:.1f} min. Regenerate: "
-              "`.venv/bin/python benchmarks/digits_bench.py` (or `make bench`).", ""]
+              "`.venv/bin/python -m benchmarks.digits_bench` (or `make bench`).", ""]
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 
 ε is a precomputed tensor (no work), the latent 4×64×64 (SD-sized), float32, one
 thread.  Reports microseconds per step and the ratio to ``DDIMScheduler.step``.
-Run: ``.venv/bin/python benchmarks/overhead.py [--steps 50] [--repeats 20]``.
+Run: ``.venv/bin/python -m benchmarks.overhead [--steps 50] [--repeats 20]``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 import lmsolvers as L
 from lmsolvers.grid import alphas_cumprod_from_betas, scaled_linear_betas, spaced_timesteps
+
+from .tables import markdown_table
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SD = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
           beta_schedule="scaled_linear", steps_offset=1, set_alpha_to_one=False)
@@ -31,12 +35,15 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> str:
+    """Measure, print and write the table; return its text."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--out", default="benchmarks/results/overhead.md")
-    args = ap.parse_args()
+    # anchored at the checkout, not the working directory, like the other benchmarks
+    ap.add_argument("--out", type=Path,
+                    default=REPO_ROOT / "benchmarks" / "results" / "overhead.md")
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     n = args.steps
     x = torch.randn(1, 4, 64, 64)
@@ -78,13 +85,13 @@ def main() -> None:
     ref = rows["diffusers DDIMScheduler.step"]
     lines = [f"Per-step cost without the network: 1×4×64×64 float32, {n} steps, 1 thread, "
              f"best of {args.repeats}.", "",
-             "| sampler | µs / step | ratio to DDIMScheduler.step |", "|---|---|---|"]
-    for k, v in rows.items():
-        lines.append(f"| {k} | {v * 1e6:.1f} | {v / ref:.2f} |")
+             markdown_table(["sampler", "µs / step", "ratio to DDIMScheduler.step"],
+                            ([k, f"{v * 1e6:.1f}", f"{v / ref:.2f}"] for k, v in rows.items()))]
     text = "\n".join(lines)
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    return text
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler
 
 import lmsolvers as L
-from lmsolvers.integrate import CountingEps
+from lmsolvers.engine import CountingEps
 
 __all__ = [
     "CountingEps",
@@ -52,7 +52,7 @@ class SamplerSpec:
     @property
     def invertible(self) -> bool:
         """Whether the sampler has an exact inverse (DDIM is inverted approximately)."""
-        return self.kind == "edict" or (self.kind == "lm" and self.method.name != "ddim")
+        return self.kind in ("lm", "edict") and self.method.why_not_invertible() is None
 
 
 def available_belm_ks(ks: tuple[int, ...] = (3, 4, 5)) -> list[int]:

@@ -13,25 +13,24 @@ Note: diffusers' ``DPMSolverMultistepScheduler.step`` casts the sample to float3
 its curve floors near 1e-6; the core samplers run in float64.
 
 Writes ``toy_convergence.md``/``.json``/``.png`` under ``--out``.
-Usage: ``.venv/bin/python benchmarks/toy_convergence.py [--n-points 256]``
+Usage: ``.venv/bin/python -m benchmarks.toy_convergence [--n-points 256]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import samplers as S  # noqa: E402
+import lmsolvers as L
+from lmsolvers.grid import vp_alpha
 
-import lmsolvers as L  # noqa: E402
-from lmsolvers.grid import vp_alpha  # noqa: E402
+from . import samplers as S
+from .tables import markdown_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,25 +124,23 @@ def render_markdown(rec: dict) -> str:
         "against DOP853 (rtol 1e-12). At each NFE budget a sampler gets the most steps that "
         "fit (EDICT half; RK4-started BELMs fewer); NFE are counted. Best per column in bold.",
         "",
-        "| sampler | " + " | ".join(f"{b}" for b in budgets) + " | observed order |",
-        "|---|" + "---|" * (len(budgets) + 1),
     ]
-    for nm in names:
-        cells = []
-        for b in budgets:
-            r = by.get((nm, b))
-            if r is None:
-                cells.append("—")
-            else:
-                s = f"{r['err']:.1e}"
-                cells.append(f"**{s}**" if r["err"] == best[b] else s)
-        order = rec["orders"].get(nm, float("nan"))
-        lines.append(f"| {nm} | " + " | ".join(cells) + f" | {order:.2f} |")
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "—"
+        s = f"{r['err']:.1e}"
+        return f"**{s}**" if r["err"] == best[r["budget"]] else s
+
+    lines.append(markdown_table(
+        ["sampler", *budgets, "observed order"],
+        ([nm, *(cell(by.get((nm, b))) for b in budgets),
+          f"{rec['orders'].get(nm, float('nan')):.2f}"] for nm in names)))
     lines += ["", "Columns are NFE budgets. diffusers' DPM-Solver++ step computes in float32 "
               "(it casts the sample), so it cannot go below ~1e-6.",
               f"Designed BELMs available: {rec['belm_ks'] or 'none (lmsolvers.belm absent)'}. "
               f"Run time {rec['elapsed_s']:.0f} s. Regenerate: "
-              "`.venv/bin/python benchmarks/toy_convergence.py`.", ""]
+              "`.venv/bin/python -m benchmarks.toy_convergence`.", ""]
     return "\n".join(lines)
 
 

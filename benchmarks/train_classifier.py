@@ -8,7 +8,7 @@ rotations are not used (digits are not symmetric).
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/train_classifier.py
+    .venv/bin/python -m benchmarks.train_classifier
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from digits_classifier import (  # noqa: E402
+from .digits_classifier import (
     DEFAULT_CLASSIFIER_PATH,
     ClassifierConfig,
     DigitsCNN,
     load_classifier,
     save_classifier,
 )
-from digits_data import load_digits_split  # noqa: E402
+from .digits_data import load_digits_split
 
 
 def random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 1) -> torch.Tensor:

@@ -16,7 +16,7 @@ whose probability-flow ODE can be integrated in float64 in seconds on a CPU.
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/train_digits.py --steps 15000 --minutes 50
+    .venv/bin/python -m benchmarks.train_digits --steps 15000 --minutes 50
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from digits_data import REPO_ROOT, RESOLUTION, load_digits_split, write_split  # noqa: E402
+from .digits_data import REPO_ROOT, RESOLUTION, load_digits_split, write_split
 
 
 def build_unet() -> UNet2DModel:

@@ -1,4 +1,4 @@
-"""Bit-exact sampling and inversion with bidirectional explicit LM methods (DESIGN.md §4).
+"""Bit-exact sampling and inversion with bidirectional explicit LM methods (docs/design.md §5).
 
 Why float inversion is not exact
 --------------------------------
@@ -20,7 +20,7 @@ Then the step, divided by ``a_{r,k} s_t``, reads in integer units
     2^{δ_r} Y_r = Y_t + g_r,   g_r = Σ_{j=1..k−1} (a_{r,j} s_{r+j} / (a_{r,k} s_t)) Y_{r+j}
                                      + Σ_{j=1..k−1} (bh_{r,j} / (a_{r,k} s_t)) ε̄_{r+j}
 
-(the rescaling ``y = x̄/c`` of DESIGN.md §4 with ``c_r = a_{r,k} c_t``, times a power of
+(the rescaling ``y = x̄/c`` of docs/design.md §5 with ``c_r = a_{r,k} c_t``, times a power of
 two).  ``g_r`` depends only on the states strictly between the two endpoints, which are
 known in both directions.  With ``Q = round(g_r)`` (computed by the same float64 code in
 both directions) the integer maps

@@ -119,6 +119,8 @@ def sample(
         Fixed-point format of bit-exact mode (default: the latent's, else the dtype's
         default and 8); an error in float mode.
 
+    Notes
+    -----
     Only the k states a step needs are kept (O(k) memory for any N); the trajectory is
     available through ``callback``.
     """

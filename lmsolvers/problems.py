@@ -60,6 +60,7 @@ class GaussianMixture:
 
     @property
     def dim(self) -> int:
+        """Dimension of the data (length of each mean)."""
         return len(self.means[0])
 
     def _eps(self, x, sigma_bar: float, lib):

@@ -9,17 +9,15 @@ negative control, must not.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.digits_classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
+from benchmarks.digits_data import load_digits_split
 
-from digits_classifier import DEFAULT_CLASSIFIER_PATH, load_classifier  # noqa: E402
-from digits_data import load_digits_split  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODEL = ROOT / "models" / "digits_ddpm"
 

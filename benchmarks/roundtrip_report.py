@@ -8,22 +8,23 @@ Runs ``x̄_0 → invert → sample`` with O-BELM on
 
 Prints markdown tables (max |error| of the round trip; "bitwise" when the result is
 bitwise the fixed-point image of x̄_0) with the grid's backward parasitic-mode
-amplification beside them.  Usage: ``.venv/bin/python docs/roundtrip_report.py``.
+amplification beside them (pasted into docs/bitexact.md).
+Usage: ``.venv/bin/python -m benchmarks.roundtrip_report``.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 import lmsolvers as L
-from lmsolvers.bitexact import format_roundtrip_table, roundtrip_report
 from lmsolvers.problems import TanhField
+from lmsolvers.roundtrip import format_roundtrip_table, roundtrip_report
 
-ROOT = Path(__file__).resolve().parents[1]
+from .digits_data import REPO_ROOT, load_digits_split
+
 STEPS = (10, 20, 50, 100)
 
 
@@ -35,7 +36,7 @@ def tanh_report(method: L.LMMethod) -> str:
 
 
 def digits_report(method: L.LMMethod) -> str | None:
-    path = ROOT / "models" / "digits_ddpm"
+    path = REPO_ROOT / "models" / "digits_ddpm"
     if not (path / "config.json").exists():
         return None
     try:
@@ -44,9 +45,6 @@ def digits_report(method: L.LMMethod) -> str | None:
     except ImportError as exc:  # the adapter or diffusers is not installed
         print(f"(digits model skipped: {exc})", file=sys.stderr)
         return None
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from digits_data import load_digits_split
-
     sched = DDIMScheduler.from_pretrained(path)
     x, _ = load_digits_split("test")
     x0 = x[:16].to(torch.float64)

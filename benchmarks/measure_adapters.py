@@ -5,7 +5,7 @@ Diffusion 1.x grid, 10/20/50/100 steps, model dtype fp16/fp32/fp64 × solver sta
 fp32/fp64, guidance 1 and 3; plus classic DDIM inversion for contrast.  Prints a
 markdown table (pasted into docs/adapters.md).
 
-    .venv/bin/python docs/measure_adapters.py
+    .venv/bin/python -m benchmarks.measure_adapters
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from lmsolvers.adapters import DiffusionSampler
 from lmsolvers.adapters.tiny import SD_SCHEDULER_CONFIG, tiny_conditional_unet, tiny_prompt_embeds
 
 from lmsolvers import ddim, ddim_inversion, sample
+
+from .tables import markdown_table
 
 STEPS = (10, 20, 50, 100)
 
@@ -32,8 +34,7 @@ def main() -> None:
     pe, ne = tiny_prompt_embeds(1, batch=2), tiny_prompt_embeds(2)
     x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     t0 = time.time()
-    print("| guidance | model | state | " + " | ".join(f"{n} steps" for n in STEPS) + " |")
-    print("|---|---|---|" + "---|" * len(STEPS))
+    rows = []
     for w in (1.0, 3.0):
         for mname, mdt in (("fp16", torch.float16), ("fp32", torch.float32),
                            ("fp64", torch.float64)):
@@ -45,8 +46,8 @@ def main() -> None:
                                          negative_prompt_embeds=ne, state_dtype=sdt,
                                          disable_progress=True)
                     errs.append(rel(s.reconstruct(x0), x0))
-                print(f"| {w:g} | {mname} | {sname} | " + " | ".join(f"{e:.1e}" for e in errs)
-                      + " |", flush=True)
+                rows.append([f"{w:g}", mname, sname, *(f"{e:.1e}" for e in errs)])
+                print(*rows[-1], sep=" | ", flush=True)  # progress: the full run takes minutes
         # classic DDIM inversion (fp32 model, fp64 state) for contrast
         unet = tiny_conditional_unet(dtype=torch.float32)
         errs = []
@@ -57,8 +58,9 @@ def main() -> None:
                                  disable=True)
             rec = sample(s.eps, s.grid, ddim(), lat, disable=True) * float(s.grid.alphas[0])
             errs.append(rel(rec, x0))
-        print(f"| {w:g} | fp32 | fp64, DDIM inversion | " + " | ".join(f"{e:.1e}" for e in errs)
-              + " |", flush=True)
+        rows.append([f"{w:g}", "fp32", "fp64, DDIM inversion", *(f"{e:.1e}" for e in errs)])
+    print()
+    print(markdown_table(["guidance", "model", "state", *(f"{n} steps" for n in STEPS)], rows))
     print(f"\n({time.time() - t0:.0f} s on {torch.get_num_threads()} thread)")
 
 
