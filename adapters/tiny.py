@@ -16,6 +16,7 @@ __all__ = [
     "tiny_vae",
     "tiny_prompt_embeds",
     "tiny_sd_pipeline",
+    "run_tiny_pipeline",
 ]
 
 #: Stable Diffusion 1.x's scheduler config (as in runwayml/stable-diffusion-v1-5).
@@ -93,6 +94,16 @@ def tiny_sd_pipeline(unet=None, vae=None, scheduler=None):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def run_tiny_pipeline(pipe, embeds: tuple[torch.Tensor, torch.Tensor], latents: torch.Tensor,
+                      guidance_scale: float, num_inference_steps: int) -> torch.Tensor:
+    """Run a :func:`tiny_sd_pipeline` from ``latents`` with ``embeds = (prompt, negative)``
+    embeddings and return the final latents (no decoding)."""
+    prompt, negative = embeds
+    return pipe(prompt_embeds=prompt, negative_prompt_embeds=negative,
+                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                latents=latents, output_type="latent").images
 
 
 def _to_dtype(module, dtype: torch.dtype):

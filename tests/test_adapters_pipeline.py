@@ -21,6 +21,7 @@ from lmsolvers.adapters import (
 )
 from lmsolvers.adapters.tiny import (
     SD_SCHEDULER_CONFIG,
+    run_tiny_pipeline,
     tiny_prompt_embeds,
     tiny_sd_pipeline,
     tiny_vae,
@@ -43,19 +44,12 @@ def pipe():
 
 
 @pytest.fixture(scope="module")
-def embeds():
-    return tiny_prompt_embeds(1, batch=2), tiny_prompt_embeds(2, batch=2)
-
-
-@pytest.fixture(scope="module")
 def x_T():
     return torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
 
 
 def run_pipe(pipe, embeds, latents, w, n=N):
-    pe, ne = embeds
-    return pipe(prompt_embeds=pe, negative_prompt_embeds=ne, num_inference_steps=n,
-                guidance_scale=w, latents=latents, output_type="latent").images
+    return run_tiny_pipeline(pipe, embeds, latents, w, n)
 
 
 def inverse_loop(unet, inv, x0, embeds, w):
