@@ -1,4 +1,5 @@
-"""LTE, error constants and the root condition of a VSVF LM method, symbolically.
+"""LTE, error constants and the root condition of a VSVF LM method, symbolically
+(docs/design.md §7; zero-stability and what it means on a grid: §4).
 
 Local truncation error (see :mod:`lmsolvers.symbolic`): for a step landing on node
 i−1, ``τ_i = Σ_l C_l x^{(l)}(σ̄_{i−1})`` with ``C_l`` homogeneous of degree l in the
@@ -39,7 +40,7 @@ from sympy import QQ
 from sympy.polys.rings import ring
 
 from .method import S0, LMMethod, step_symbols
-from .symbolic import eps_scales, lte_coefficients, offsets, order_of
+from .symbolic import eps_scales, lte_coefficients, offsets, order_of, vanishes
 
 __all__ = [
     "ZETA",
@@ -74,6 +75,13 @@ def _split(expr: sp.Expr) -> tuple[sp.Expr, dict[sp.Expr, int]]:
     return num, facs
 
 
+def _in_QQ_of(expr: sp.Expr, gens) -> bool:
+    """``expr ∈ ℚ(gens)``: built from ``gens`` and rationals by +, × and integer powers."""
+    return (all(x.is_Rational or x in gens for x in expr.atoms())
+            and all(p.exp.is_Integer for p in expr.atoms(sp.Pow))
+            and not expr.atoms(sp.Function))
+
+
 def lte_closed_form(a: list[sp.Expr], b: list[sp.Expr], l: int) -> sp.Expr:
     """``C_l`` of the method ``(a, b)`` in factored closed form, fast.
 
@@ -84,18 +92,19 @@ def lte_closed_form(a: list[sp.Expr], b: list[sp.Expr], l: int) -> sp.Expr:
     those denominators *by bookkeeping of factor exponents* (no gcd), add
     polynomials, factor the numerator once and cancel the factors it shares with
     ``L``.  Works after the normalisation ``h1 = 1`` (``C_l`` is homogeneous of
-    degree l), and the scale is restored at the end.
+    degree l), and the scale is restored at the end.  Coefficients outside
+    ``ℚ(h1..hk)`` (``s0``, square roots, floats), ``k = 1`` and ``l = 0`` take sympy's
+    generic ``factor``.
     """
     k = len(a)
     h = step_symbols(k)
+    gens = h[1:]
     one = {h[0]: sp.Integer(1)}
     D = [d.xreplace(one) for d in offsets(k)]
     S = [s.xreplace(one) for s in eps_scales(k)]
     coefs = [sp.sympify(x).xreplace(one) for x in list(a) + list(b)]
-    if any(S0 in c.free_symbols for c in coefs) or k == 1:
-        expr = lte_coefficients(a, b, l)[l]
-        return sp.factor(expr)
-    gens = h[1:]
+    if k == 1 or l == 0 or not all(_in_QQ_of(c, gens) for c in coefs):
+        return sp.factor(lte_coefficients(a, b, l)[l])
     split = [_split(c) for c in coefs]
     L: dict[sp.Expr, int] = {}
     for _, facs in split:
@@ -152,11 +161,13 @@ def _equal_step(expr: sp.Expr, k: int) -> sp.Expr:
 
     Scale-free coefficients do not depend on h; schedule-tied ones (BDIA's α
     ratios, through ``s0``) tend to a constant, which is what zero-stability sees.
+    Floats are read as the rationals they print as (``0.1 → 1/10``); exact numbers,
+    algebraic ones included, are kept exactly.
     """
     e = sp.sympify(expr).xreplace({hj: _T for hj in step_symbols(k)})
-    if _T not in e.free_symbols:
-        return sp.nsimplify(sp.simplify(e))
-    return sp.simplify(sp.limit(e, _T, 0))
+    if _T in e.free_symbols:
+        e = sp.limit(e, _T, 0)
+    return sp.nsimplify(sp.simplify(e), rational=True)
 
 
 def equal_step_coefficients(method: LMMethod) -> tuple[list[sp.Expr], list[sp.Expr]]:
@@ -324,14 +335,17 @@ class LTEAnalysis:
         return f"({sp.sstr(self.error_constant)}) * x^({p + 1})"
 
 
-def _equal_order(a_eq: list[sp.Expr], b_eq: list[sp.Expr], limit: int = 14) -> tuple[int, sp.Expr]:
+def _equal_order(a_eq: list[sp.Expr], b_eq: list[sp.Expr]) -> tuple[int, sp.Expr]:
+    """Order p and error constant ``C_{p+1}`` at ``h_j = 1``, zero-tested exactly
+    (:func:`~lmsolvers.symbolic.vanishes`).  ``p ≤ 2k`` (see
+    :func:`~lmsolvers.symbolic.order_of`), so ``C_0..C_{2k+1}`` contain a non-zero."""
     k = len(a_eq)
-    C = lte_coefficients(a_eq, b_eq, limit)
-    C = [sp.nsimplify(sp.simplify(c.xreplace({hj: 1 for hj in step_symbols(k)}))) for c in C]
-    for l, c in enumerate(C):
-        if c != 0:
-            return l - 1, c
-    raise ValueError("all equal-step LTE coefficients vanish up to the limit")
+    one = {hj: 1 for hj in step_symbols(k)}
+    for l, c in enumerate(lte_coefficients(a_eq, b_eq, 2 * k + 1)):
+        c = c.xreplace(one)
+        if not vanishes(c):
+            return l - 1, sp.simplify(c)
+    raise AssertionError("a k-step method has order at most 2k")
 
 
 @lru_cache(maxsize=256)

@@ -1,5 +1,5 @@
 """Designed k-step BELMs: highest order under a stability requirement, then the
-smallest error constant with a root-separation margin.
+smallest error constant with a root-separation margin (docs/design.md §7).
 
 **Which orders are possible** (at equal steps; proof sketch, exact checks in the tests).
 A BELM is explicit in both directions: ``σ(ζ) = Σ_{j=1}^{k−1} β_j ζ^j`` has neither a
@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -74,7 +74,7 @@ import sympy as sp
 
 from .analysis import characteristic_polynomial, root_condition
 from .method import LMMethod, step_symbols
-from .symbolic import belm_max_order, belm_unknowns, lte_coefficients, solve_order_conditions
+from .symbolic import belm_unknowns, lte_coefficients, maximal_belm, solve_order_conditions
 
 __all__ = [
     "MARGIN",
@@ -90,6 +90,8 @@ __all__ = [
     "margin_ok",
     "growth_parameters",
     "GROWTH_MAX",
+    "KMAX_DESIGN",
+    "design_steps_error",
 ]
 
 #: chord distance between roots on the unit circle (and from the principal root): 60°
@@ -99,8 +101,9 @@ GROWTH_MAX = 1.25
 #: forward designs keep |a_k| ≥ AK_MIN (else the optimum degenerates to a (k−1)-step method)
 AK_MIN = 0.5
 STABILITIES = ("none", "forward", "bidirectional")
+#: forward and bidirectional designs exist for 2 ≤ k ≤ KMAX_DESIGN (:func:`design_steps_error`)
+KMAX_DESIGN = 5
 _DENOMINATORS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-_UNIT = sp.Integer(1)
 
 
 @dataclass(frozen=True)
@@ -149,14 +152,17 @@ def equal_step_family(k: int, order: int, symmetric: bool = False) -> EqualStepF
     return EqualStepFamily(k, order, symmetric, params, A, B, C)
 
 
-def _roots(a: np.ndarray) -> np.ndarray:
+def _roots(a) -> np.ndarray:
+    """The roots of ``ρ(ζ) = ζ^k − a_1 ζ^{k−1} − … − a_k`` in floating point."""
     return np.roots(np.concatenate([[1.0], -np.asarray(a, dtype=float)]))
 
 
-def margin_violation(a: np.ndarray, stability: str, delta: float = MARGIN) -> float:
+def margin_violation(a: np.ndarray, stability: str, delta: float = MARGIN,
+                     roots: np.ndarray | None = None) -> float:
     """0 when ρ with coefficients ``a`` meets the requirement and margin, else a positive
-    measure of the violation (used as an optimisation penalty; tolerance 1e-9)."""
-    r = _roots(a)
+    measure of the violation (used as an optimisation penalty; tolerance 1e-9).
+    ``roots`` are ρ's roots if already known (``_roots(a)``)."""
+    r = _roots(a) if roots is None else roots
     i1 = int(np.argmin(np.abs(r - 1)))
     principal, par = r[i1], np.delete(r, i1)
     v = abs(principal - 1)
@@ -175,24 +181,24 @@ def margin_violation(a: np.ndarray, stability: str, delta: float = MARGIN) -> fl
     return float(v)
 
 
-def growth_parameters(a, b) -> list[tuple[complex, complex]]:
+def growth_parameters(a, b, roots: np.ndarray | None = None) -> list[tuple[complex, complex]]:
     """``[(ζ_j, ν_j)]``: the roots of ρ and Henrici's growth parameters
     ``ν_j = κ_j/κ_1``, ``κ_j = σ(ζ_j)/(ζ_j ρ'(ζ_j))`` (equal steps; ``a = a_1..a_k``,
-    ``b = b_0..b_k``; ρ(ζ) = ζ^k − Σ a_j ζ^{k−j}, σ(ζ) = Σ b_j ζ^{k−j})."""
+    ``b = b_0..b_k``; ρ(ζ) = ζ^k − Σ a_j ζ^{k−j}, σ(ζ) = Σ b_j ζ^{k−j}).  ``roots``
+    are ρ's roots if already known (``_roots(a)``)."""
     a = np.asarray([float(x) for x in a])
     b = np.asarray([float(x) for x in b])
-    rho = np.concatenate([[1.0], -a])
-    drho = np.polyder(rho)
-    roots = _roots(a)
+    drho = np.polyder(np.concatenate([[1.0], -a]))
+    roots = _roots(a) if roots is None else roots
     with np.errstate(divide="ignore", invalid="ignore"):  # a double root: ρ'(ζ) = 0
-        kappa = np.array([np.polyval(b, z) / (z * np.polyval(drho, z)) for z in roots])
+        kappa = np.polyval(b, roots) / (roots * np.polyval(drho, roots))
     i1 = int(np.argmin(np.abs(roots - 1)))
     return [(complex(z), complex(kj / kappa[i1])) for z, kj in zip(roots, kappa, strict=True)]
 
 
-def growth_violation(a, b, delta: float = MARGIN) -> float:
+def growth_violation(a, b, delta: float = MARGIN, roots: np.ndarray | None = None) -> float:
     """How far the worst parasitic root near the unit circle exceeds ``GROWTH_MAX``."""
-    pairs = growth_parameters(a, b)
+    pairs = growth_parameters(a, b, roots)
     i1 = int(np.argmin([abs(z - 1) for z, _ in pairs]))
     worst = [-nu.real for j, (z, nu) in enumerate(pairs) if j != i1 and abs(z) > 1 - delta / 4]
     if not all(np.isfinite(worst)):  # repeated root: growth is secular, never acceptable
@@ -230,7 +236,7 @@ class Design:
     error_constant_equal: sp.Expr
     optimum_error_constant: float
     method: LMMethod
-    held: tuple[str, ...] = field(default=())
+    held: tuple[str, ...] = ()
 
 
 def _optimise(fam: EqualStepFamily, stability: str) -> tuple[np.ndarray, float]:
@@ -243,10 +249,11 @@ def _optimise(fam: EqualStepFamily, stability: str) -> tuple[np.ndarray, float]:
     def obj(t):
         a = np.broadcast_to(np.array(fa(*t), dtype=float), (k,))
         b = np.broadcast_to(np.array(fb(*t), dtype=float), (k + 1,))
-        return abs(float(fc(*t))) + 1e3 * (margin_violation(a, stability)
-                                           + growth_violation(a, b))
+        r = _roots(a)
+        return abs(float(fc(*t))) + 1e3 * (margin_violation(a, stability, roots=r)
+                                           + growth_violation(a, b, roots=r))
 
-    from scipy.optimize import minimize
+    from scipy.optimize import minimize  # only the design search needs scipy
 
     rng = np.random.default_rng(0)
     best_x, best_f = None, np.inf
@@ -287,15 +294,17 @@ def _snap(fam: EqualStepFamily, x: np.ndarray, target: float, stability: str):
 def design(k: int, stability: str = "bidirectional") -> Design:
     """The designed k-step BELM for ``stability`` (module docstring).
 
-    ``"none"`` is the maximal-order (2k−2) Hermite method.
+    ``"none"`` is the maximal-order (2k−2) Hermite method, for any k.  ``"forward"``
+    and ``"bidirectional"`` designs exist for ``2 ≤ k ≤ KMAX_DESIGN``; beyond, a
+    ``ValueError`` says why (:func:`design_steps_error`) before any search.
     """
     p = max_stable_order(k, stability)
+    if stability != "none" and k > KMAX_DESIGN:
+        raise ValueError(design_steps_error(k))
     if stability == "none" or k == 2:
         # k = 2: the order-2 family is the single method O-BELM (leapfrog at equal steps)
-        a, b = belm_max_order(k)
-        name = "obelm" if k == 2 else f"belm{k}-max"
-        meth = LMMethod(name, tuple(a), tuple(b), starter="ddim" if p <= 2 else "rk4",
-                        info={"order": p, "order_equal": p, "design": stability, "held": ()})
+        meth = maximal_belm(k)
+        meth.info.update(order_equal=p, design=stability, held=())
         fam = equal_step_family(k, p)
         return Design(k, stability, p, {}, fam.a, fam.b, fam.error_constant,
                       abs(float(fam.error_constant)), meth)
@@ -308,9 +317,9 @@ def design(k: int, stability: str = "bidirectional") -> Design:
         raise RuntimeError(f"no {stability} zero-stable {k}-step BELM of order {p} found")
     vals = _snap(fam, x, fbest, stability)
     sub = dict(zip(fam.params, vals, strict=True))
-    a_eq = tuple(sp.nsimplify(e.xreplace(sub)) for e in fam.a)
-    b_eq = tuple(sp.nsimplify(e.xreplace(sub)) for e in fam.b)
-    c_eq = sp.nsimplify(fam.error_constant.xreplace(sub))
+    a_eq = tuple(e.xreplace(sub) for e in fam.a)  # affine in rational parameters: rational
+    b_eq = tuple(e.xreplace(sub) for e in fam.b)
+    c_eq = fam.error_constant.xreplace(sub)
     held = {f"a{j}": a_eq[j - 1] for j in range(2, k + 1)}
     a, b = solve_order_conditions(k, k - 1, fixed=held)
     meth = LMMethod(
@@ -323,6 +332,26 @@ def design(k: int, stability: str = "bidirectional") -> Design:
     )
     return Design(k, stability, p, {str(s): v for s, v in sub.items()}, a_eq, b_eq, c_eq,
                   fbest, meth, tuple(held))
+
+
+def design_steps_error(k: int) -> str:
+    """Why there is no forward or bidirectional k-step design for ``k > KMAX_DESIGN``.
+
+    Bidirectional designs, and forward ones of even k (order k puts every root of ρ
+    on the unit circle, module docstring), need k simple roots on the circle at
+    chord ≥ MARGIN = 1 (60°) from each other and from 1: at most six fit, and six
+    only as the sixth roots of unity, ``ρ = ζ⁶ − 1``, whose order-6 member has
+    ``ν = −19/5`` at its parasitic root −1, beyond ``GROWTH_MAX``
+    (``tests/test_design.py`` checks this).  For odd k ≥ 7 the forward search finds
+    no member (run for k = 7).
+    """
+    return (f"k = {k}: forward and bidirectional BELM designs exist for 2 ≤ k ≤ {KMAX_DESIGN} "
+            "only. Their roots on the unit circle must be at least 60° apart, so at most six "
+            "fit (bidirectional designs, and forward ones of even k, have all k roots there), "
+            "and for k = 6 the only candidate rho = zeta^6 - 1 has a parasitic root -1 with "
+            f"growth parameter -3.8, beyond the bound {GROWTH_MAX}; for odd k ≥ 7 the forward "
+            "search finds none. The maximal-order method of any k (not zero-stable for "
+            "k ≥ 3) is lmsolvers.derive_belm(k).")
 
 
 def belm_family(k: int, order: int) -> tuple[list[sp.Expr], list[sp.Expr], list[sp.Symbol]]:

@@ -1,7 +1,7 @@
 """Variable-step, variable-formula linear multistep methods and the BELM checker.
 
 A k-step VSVF method computes node i−1 from the k nodes above it
-(shared/DESIGN.md §2)::
+(docs/design.md §2)::
 
     x̄_{i−1} = Σ_{j=1..k} a_{i,j} x̄_{i−1+j} + Σ_{j=0..k} b_{i,j} h_{i−1+j} ε̄_{i−1+j}
 
@@ -58,9 +58,11 @@ def nonvanishing(expr: sp.Expr) -> bool:
     """True when ``expr`` provably has no zero for positive steps and ``s0 ≥ 0``.
 
     A sufficient test, sound but not complete: sympy's assumptions decide a factor,
-    or the factor is a polynomial whose coefficients all share one sign and which
-    has a monomial free of ``s0`` (so it cannot vanish on the admissible set).
-    ``False`` means "not proven", not "vanishes".
+    or the factor is a polynomial in symbols known to be ≥ 0 whose coefficients all
+    share one sign and which has a monomial in symbols known to be > 0 only (the
+    steps; a constant counts), so it cannot vanish on the admissible set (a symbol
+    without sign assumptions proves nothing).  ``False`` means "not proven", not
+    "vanishes".
     """
     expr = sp.sympify(expr)
     if expr.is_zero:
@@ -77,10 +79,11 @@ def nonvanishing(expr: sp.Expr) -> bool:
         except sp.PolynomialError:
             return False
         coeffs = poly.coeffs()
-        one_sign = all(c > 0 for c in coeffs) or all(c < 0 for c in coeffs)
-        s0_free = any(m[poly.gens.index(S0)] == 0 for m in poly.monoms()) if S0 in poly.gens \
-            else True
-        if not (one_sign and s0_free):
+        one_sign = all(c.is_positive for c in coeffs) or all(c.is_negative for c in coeffs)
+        positive = [g.is_positive for g in poly.gens]
+        strict = any(all(e == 0 or p for e, p in zip(m, positive, strict=True))
+                     for m in poly.monoms())
+        if not (one_sign and strict and all(g.is_nonnegative for g in poly.gens)):
             return False
     return True
 
@@ -118,7 +121,7 @@ class LMMethod(Integrator):
     starter:
         How sampling from a single state fills in the first ``k−1`` states:
         ``"ddim"`` (explicit Euler, 1 NFE per step) or ``"rk4"`` (classical
-        Runge–Kutta, 4 NFE per step, needed by methods of order > 2: DESIGN.md §2).
+        Runge–Kutta, 4 NFE per step, needed by methods of order > 2: docs/design.md §3).
     info:
         Free-form metadata of the derivation (order, design, free parameters).
     """

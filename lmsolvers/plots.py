@@ -14,13 +14,9 @@ from pathlib import Path
 import numpy as np
 import sympy as sp
 
-from .design import design, equal_step_family
+from .design import _roots, design, equal_step_family
 
 __all__ = ["plot_design_roots"]
-
-
-def _roots(a) -> np.ndarray:
-    return np.roots(np.concatenate([[1.0], -np.asarray(a, dtype=float)]))
 
 
 def plot_design_roots(k: int, out: str | Path | None = None, span: float = 3.0):

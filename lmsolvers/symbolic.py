@@ -1,4 +1,5 @@
-"""Symbolic derivation of variable-step LM coefficients from the order conditions.
+"""Symbolic derivation of variable-step LM coefficients from the order conditions
+(docs/design.md §7).
 
 Local truncation error (LTE) of one step landing on node i−1, with the exact
 solution ``x`` substituted and everything expanded around ``σ̄_{i−1}``::
@@ -25,11 +26,15 @@ solves any subset of conditions with some coefficients held at given values.
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 
 import sympy as sp
 from sympy.polys.matrices import DomainMatrix
+from sympy.polys.polyerrors import NotAlgebraic
 
 from .method import LMMethod, step_symbols
 
@@ -45,6 +50,8 @@ __all__ = [
     "solve_order_conditions",
     "maximal_belm",
 ]
+
+_X = sp.Symbol("x")
 
 
 def offsets(k: int) -> list[sp.Expr]:
@@ -82,36 +89,241 @@ def order_conditions(a: Sequence[sp.Expr], b: Sequence[sp.Expr], p: int) -> list
 
 
 def vanishes(expr: sp.Expr, trials: int = 4, seed: int = 0) -> bool:
-    """Zero test of a rational expression in the step (and ``s0``) symbols.
+    """Zero test of an expression in the step (and ``s0``) symbols.
 
-    Exact evaluation at random rational points with numerators and denominators up
-    to 2³¹: a non-zero value proves ``expr ≢ 0``; if all ``trials`` values are 0,
-    the Schwartz–Zippel lemma bounds the chance that a non-zero numerator of degree
-    d was hit every time by ``(d / 2³¹)^trials`` (< 1e-30 for d ≤ 100 and 4 trials).
-    Symbolic cancellation would be certain but takes minutes for k = 5.
+    Supported exactly: rational functions of the symbols and of square roots of
+    radical-free rational functions (BDIA's ``sqrt(1 + (s0 + h1 + h2)**2)``).  The
+    expression is evaluated *exactly* at random rational points (numerators and
+    denominators up to 2³¹): a rational point maps every square root to the square
+    root of a rational, and the value lies in ``ℚ(√g_1, …, √g_m)`` (see
+    :class:`_SqrtField`), where it is zero iff all its coordinates are.  So a
+    non-zero value is never taken for zero.
+
+    Identity ``expr ≡ 0`` is then decided by the Schwartz–Zippel lemma: if ``f ≢ 0``
+    its norm (the product of its ``2^m`` conjugates under the sign changes of the
+    radicals) is a non-zero rational function of some degree d vanishing wherever
+    ``f`` does, so all ``trials`` points are zeros of ``f`` with probability at most
+    ``(d / 2³¹)^trials`` (< 1e-30 for d ≤ 100 and 4 trials; the points are fixed
+    by ``seed`` for reproducibility).  A point that is a pole is redrawn.  Symbolic
+    cancellation would be certain but takes minutes for k = 5.
+
+    Other algebraic expressions (nested or higher roots, ``I``) fall back to
+    sympy's exact minimal polynomial at each point (``0`` is the only number with
+    minimal polynomial ``x``); non-algebraic ones raise ``ValueError``.
     """
     expr = sp.sympify(expr)
     syms = sorted(expr.free_symbols, key=str)
     rng = random.Random(seed)
-    for _ in range(trials):
-        point = {
-            s: sp.Rational(rng.randint(1, 2**31), rng.randint(1, 2**31)) for s in syms
-        }
-        if sp.nsimplify(expr.xreplace(point)) != 0:
-            return False
+    zeros = poles = 0
+    while zeros < (trials if syms else 1):
+        point = {s: Fraction(rng.randint(1, 2**31), rng.randint(1, 2**31)) for s in syms}
+        try:
+            if not _zero_at(expr, point):
+                return False
+        except ZeroDivisionError:
+            poles += 1
+            if poles > 8 * trials:
+                raise ValueError(f"cannot decide whether {expr} vanishes: it has a pole at "
+                                 "every random point (undefined?)") from None
+            continue
+        zeros += 1
     return True
 
 
-def order_of(a: Sequence[sp.Expr], b: Sequence[sp.Expr], max_order: int = 12) -> int:
+class _Unsupported(Exception):
+    """The expression is not a rational function of symbols and simple square roots."""
+
+
+class _SqrtField:
+    """Exact arithmetic in ``K = ℚ(√g_1, …, √g_m)``.
+
+    The generators are pairwise coprime integers ``g_j > 1`` that are not squares,
+    plus possibly ``g = −1`` (``√−1 = i``).  The products ``√g_S = Π_{j∈S} √g_j``
+    over subsets S are linearly independent over ℚ (Besicovitch: ``g_S / g_T`` is
+    never a rational square for S ≠ T, as coprime factors of a square are squares;
+    ``i`` splits a relation into real and imaginary parts), so an element
+    ``Σ_S c_S √g_S``, stored as ``{bitmask of S: c_S}`` without zero entries, is 0
+    iff the dict is empty.  ``√g_S √g_T = (Π_{j∈S∩T} g_j) √g_{SΔT}``.
+    """
+
+    def __init__(self, radicands: list[Fraction]):
+        nums = [abs(r.numerator) * r.denominator for r in radicands]
+        base = _coprime_base(nums)
+        squares = {q: math.isqrt(q) for q in base if math.isqrt(q) ** 2 == q}
+        self.gens = [q for q in base if q not in squares]
+        if any(r < 0 for r in radicands):
+            self.gens.append(-1)
+        self.sqrt: dict[Fraction, dict[int, Fraction]] = {}
+        for r, n in zip(radicands, nums, strict=True):
+            if not r:
+                self.sqrt[r] = {}
+                continue
+            coef, mask = Fraction(1, r.denominator), 0
+            for j, q in enumerate(self.gens):
+                if q == -1:
+                    mask |= (r < 0) << j
+                    continue
+                e = 0
+                while n % q == 0:
+                    n //= q
+                    e += 1
+                coef *= q ** (e // 2)
+                mask |= (e % 2) << j
+            for q, root in squares.items():
+                while n % q == 0:
+                    n //= q
+                    coef *= root
+            assert n == 1, "the coprime base must factor every radicand"
+            self.sqrt[r] = {mask: coef}
+        self._scale: dict[int, int] = {}
+
+    def scale(self, mask: int) -> int:
+        """``Π_{j∈mask} g_j``."""
+        if mask not in self._scale:
+            self._scale[mask] = math.prod(q for j, q in enumerate(self.gens) if mask >> j & 1)
+        return self._scale[mask]
+
+    @staticmethod
+    def add(x: dict, y: dict) -> dict:
+        out = dict(x)
+        for m, c in y.items():
+            v = out.get(m, 0) + c
+            if v:
+                out[m] = v
+            else:
+                out.pop(m, None)
+        return out
+
+    def mul(self, x: dict, y: dict) -> dict:
+        if len(x) == 1 and 0 in x:  # rational factor: the common case
+            c = x[0]
+            return {m: c * v for m, v in y.items()}
+        out: dict[int, Fraction] = {}
+        for m1, c1 in x.items():
+            for m2, c2 in y.items():
+                m = m1 ^ m2
+                v = out.get(m, 0) + c1 * c2 * self.scale(m1 & m2)
+                if v:
+                    out[m] = v
+                else:
+                    out.pop(m, None)
+        return out
+
+    def inv(self, x: dict) -> dict:
+        """``1/x``: multiply by the conjugate flipping the sign of ``√g_j`` for each j in
+        turn; each product is fixed by the flips done so far, the last one is rational."""
+        if not x:
+            raise ZeroDivisionError("division by an exact zero")
+        c, t = {0: Fraction(1)}, x
+        for j in range(len(self.gens)):
+            if any(m >> j & 1 for m in t):
+                conj = {m: (-v if m >> j & 1 else v) for m, v in t.items()}
+                c, t = self.mul(c, conj), self.mul(t, conj)
+        assert set(t) == {0}, "the norm is rational"
+        n = t[0]
+        return {m: v / n for m, v in c.items()}
+
+    def power(self, x: dict, n: int) -> dict:
+        if n < 0:
+            x, n = self.inv(x), -n
+        out = {0: Fraction(1)}
+        while n:
+            if n & 1:
+                out = self.mul(out, x)
+            n >>= 1
+            if n:
+                x = self.mul(x, x)
+        return out
+
+
+def _coprime_base(nums: list[int]) -> list[int]:
+    """Pairwise coprime integers > 1 such that every ``n ≥ 1`` of ``nums`` is a product
+    of their powers (split any two with a common factor g into g, x/g, y/g)."""
+    base = {n for n in nums if n > 1}
+    while True:
+        pair = next(((x, y) for x, y in itertools.combinations(sorted(base), 2)
+                     if math.gcd(x, y) > 1), None)
+        if pair is None:
+            return sorted(base)
+        x, y = pair
+        g = math.gcd(x, y)
+        base -= {x, y}
+        base |= {v for v in (g, x // g, y // g) if v > 1}
+
+
+def _evaluate(node: sp.Expr, point: Mapping, field: _SqrtField, memo: dict) -> dict:
+    """The exact value of ``node`` at ``point`` as an element of ``field``."""
+    if node in memo:
+        return memo[node]
+    if node.is_Symbol:
+        v = point[node]
+        val = {0: v} if v else {}
+    elif node.is_Rational or node.is_Float:
+        q = sp.Rational(node)  # a Float is its exact binary value
+        val = {0: Fraction(int(q.p), int(q.q))} if q else {}
+    elif node.is_Add:
+        val = {}
+        for arg in node.args:
+            val = field.add(val, _evaluate(arg, point, field, memo))
+    elif node.is_Mul:
+        val = {0: Fraction(1)}
+        for arg in node.args:
+            val = field.mul(val, _evaluate(arg, point, field, memo))
+    elif node.is_Pow and node.exp.is_Integer:
+        val = field.power(_evaluate(node.base, point, field, memo), int(node.exp))
+    elif node.is_Pow and node.exp.is_Rational and node.exp.q == 2:
+        r = memo.get(("radicand", node.base))
+        if r is None or r not in field.sqrt:
+            raise _Unsupported(node)
+        val = field.power(field.sqrt[r], int(node.exp.p))
+    else:
+        raise _Unsupported(node)
+    memo[node] = val
+    return val
+
+
+def _zero_at(expr: sp.Expr, point: Mapping[sp.Symbol, Fraction]) -> bool:
+    """Is ``expr`` exactly 0 at the rational ``point``?  (``ZeroDivisionError`` at a pole.)"""
+    try:
+        rational = _SqrtField([])
+        memo: dict = {}
+        radicands = []
+        for pw in expr.atoms(sp.Pow):
+            if pw.exp.is_Rational and pw.exp.q == 2:
+                val = _evaluate(pw.base, point, rational, {})  # nested roots: _Unsupported
+                (r,) = val.values() if val else (Fraction(0),)
+                memo[("radicand", pw.base)] = r
+                radicands.append(r)
+        field = _SqrtField(radicands) if radicands else rational
+        return not _evaluate(expr, point, field, memo)
+    except _Unsupported:
+        value = expr.xreplace({s: sp.Rational(v.numerator, v.denominator)
+                               for s, v in point.items()})
+        if value.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+            raise ZeroDivisionError(f"pole of {expr}") from None
+        try:
+            return sp.minimal_polynomial(value, _X) == _X
+        except NotAlgebraic:
+            raise ValueError(f"cannot decide whether {expr} vanishes: it is not algebraic "
+                             "in its symbols") from None
+
+
+def order_of(a: Sequence[sp.Expr], b: Sequence[sp.Expr], max_order: int | None = None) -> int:
     """The order p of the method: the largest p with ``C_0 = … = C_p ≡ 0``.
 
-    Returns ``-1`` if even ``C_0 ≠ 0`` (inconsistent).
+    Returns ``-1`` if even ``C_0 ≠ 0`` (inconsistent).  A k-step method has order at
+    most 2k: ``L(x) = x(0) − Σ a_j x(D_j) − Σ b_j s_j x'(D_j)`` is 0 for every
+    polynomial of degree ≤ 2k+1 only if ``x = t Π(t − D_j)²`` gives ``b_0 = 0`` and
+    then ``x = Π(t − D_j)²`` gives ``Π D_j² = 0``.  So the default ``max_order = 2k``
+    never runs out.
     """
-    C = lte_coefficients(a, b, max_order + 1)
+    k = len(a)
+    top = 2 * k if max_order is None else max_order
+    C = lte_coefficients(a, b, top + 1)
     for l, c in enumerate(C):
         if not vanishes(c):
             return l - 1
-    raise ValueError(f"all LTE coefficients up to {max_order + 1} vanish; raise max_order")
+    raise ValueError(f"all LTE coefficients up to {top + 1} vanish; raise max_order")
 
 
 def belm_unknowns(k: int) -> tuple[list[sp.Symbol], list[sp.Symbol]]:

@@ -1,11 +1,18 @@
-"""The k = 1..5 table of BELM orders, error constants and roots (equal steps)."""
+"""The k = 1..5 table of BELM orders, error constants and roots (equal steps;
+docs/design.md §7).
+
+Designs are cached per process (:func:`lmsolvers.design.design`), so only the first
+table pays the design search (tens of seconds for k = 5 on a loaded 2-core machine).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sympy as sp
 
-from .analysis import characteristic_polynomial, roots_of
-from .design import design
+from .analysis import characteristic_polynomial, root_condition, roots_of
+from .design import KMAX_DESIGN, STABILITIES, design, design_steps_error
 
 __all__ = ["belm_table"]
 
@@ -16,23 +23,32 @@ def _roots(a) -> str:
          else f"{r.value.real:+.3f}") for r in roots_of(characteristic_polynomial(list(a))))
 
 
-def belm_table(kmax: int = 5, markdown: bool = False) -> str:
-    """Rows k = 1..kmax: unconstrained order (and its zero-stability), highest forward
-    and bidirectional orders, the designed members' equal-step error constants
-    ``C_{p+1}`` (h = 1) and the roots of ρ."""
+def belm_table(kmax: int = 5, markdown: bool = False,
+               progress: Callable[[int, int, str], None] | None = None) -> str:
+    """Rows k = 1..kmax: for each design requirement (``"none"``: the maximal order
+    2k−2; ``"forward"``, ``"bidirectional"``: :func:`lmsolvers.design.design`) the
+    equal- and variable-step orders, the equal-step error constant ``C_{p+1}``
+    (h = 1), the root condition of ρ for sampling/inversion and the roots of ρ.
+
+    ``1 ≤ kmax ≤ 5`` (designs exist for k ≤ 5 only).  ``progress(i, total, what)``
+    is called before the i-th of the ``total`` designs is computed.
+    """
+    if not 1 <= kmax <= KMAX_DESIGN:
+        raise ValueError(design_steps_error(kmax) if kmax > KMAX_DESIGN
+                         else f"kmax must be ≥ 1, got {kmax}")
     head = ["k", "design", "order (equal steps)", "order (variable steps)",
             "C_{p+1} (h=1)", "zero-stable fwd/bwd", "roots of rho"]
     rows = [["1", "none", "0 (a_1 = 1 only: inconsistent)", "0", "-", "yes/yes", "+1.000"]]
-    for k in range(2, kmax + 1):
-        for st in ("none", "forward", "bidirectional"):
-            d = design(k, st)
-            rho = characteristic_polynomial(list(d.a_equal))
-            from .analysis import root_condition
-
-            fw, bw = root_condition(rho, "forward"), root_condition(rho, "backward")
-            rows.append([str(k), st, str(d.order_equal), str(d.method.info["order"]),
-                         sp.sstr(d.error_constant_equal),
-                         f"{'yes' if fw else 'NO'}/{'yes' if bw else 'NO'}", _roots(d.a_equal)])
+    todo = [(k, st) for k in range(2, kmax + 1) for st in STABILITIES]
+    for i, (k, st) in enumerate(todo, 1):
+        if progress is not None:
+            progress(i, len(todo), f"k = {k}, {st}")
+        d = design(k, st)
+        rho = characteristic_polynomial(list(d.a_equal))
+        fw, bw = root_condition(rho, "forward"), root_condition(rho, "backward")
+        rows.append([str(k), st, str(d.order_equal), str(d.method.info["order"]),
+                     sp.sstr(d.error_constant_equal),
+                     f"{'yes' if fw else 'NO'}/{'yes' if bw else 'NO'}", _roots(d.a_equal)])
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(r) + " |" for r in rows]

@@ -9,8 +9,18 @@ import torch
 
 import lmsolvers as L
 from lmsolvers.analysis import characteristic_polynomial, root_condition
-from lmsolvers.design import design, equal_step_family, max_stable_order
+from lmsolvers.design import (
+    GROWTH_MAX,
+    KMAX_DESIGN,
+    design,
+    equal_step_family,
+    growth_parameters,
+    growth_violation,
+    margin_ok,
+    max_stable_order,
+)
 from lmsolvers.problems import GaussianMixture
+from lmsolvers.symbolic import order_conditions
 
 Z = sp.Symbol("zeta")
 
@@ -103,7 +113,6 @@ def test_derive_belm_family_and_designed_members():
     # the order-3 family of 3-step BELMs has one free parameter, left symbolic
     a, b, params = L.derive_belm(3, order=3)
     assert [str(p) for p in params] == ["a3"]
-    from lmsolvers.symbolic import order_conditions
     assert all(sp.simplify(c) == 0 for c in order_conditions(a, b, 3))
     # order = 2k-2 leaves nothing free: the maximal-order method
     assert L.derive_belm(3, order=4).name == "belm3-max"
@@ -115,7 +124,6 @@ def test_derive_belm_family_and_designed_members():
 def test_growth_parameters_and_the_weak_stability_bound():
     """Henrici's ν_j: leapfrog's parasitic root −1 has ν = −1; the k = 4 family member
     c = 1 (the error-constant optimum) has ν = −3 there and is excluded by GROWTH_MAX."""
-    from lmsolvers.design import GROWTH_MAX, growth_parameters
 
     def at(pairs, root):
         return min(pairs, key=lambda p: abs(p[0] - root))[1]
@@ -133,3 +141,29 @@ def test_growth_parameters_and_the_weak_stability_bound():
             pairs = growth_parameters(d.a_equal, d.b_equal)
             worst = max(-nu.real for z, nu in pairs if abs(z - 1) > 1e-9 and abs(z) > 0.75)
             assert worst <= GROWTH_MAX + 1e-9, (k, st, worst)
+
+
+@pytest.mark.parametrize("k", [6, 7, 8])
+@pytest.mark.parametrize("st", ["forward", "bidirectional"])
+def test_no_design_beyond_k5_is_refused_up_front(k, st):
+    # before: a RuntimeError after ~15-80 s of search
+    with pytest.raises(ValueError, match=r"exist for 2 ≤ k ≤ 5 only"):
+        L.belm(k, st)
+
+
+def test_why_k6_has_no_design():
+    """The reason given by design_steps_error: six roots on the unit circle, 60° apart from
+    each other and from 1, are the sixth roots of unity; the order-6 member with
+    ρ = ζ⁶ − 1 exists, meets the margin, and its parasitic root −1 has ν = −19/5."""
+    assert KMAX_DESIGN == 5 and max_stable_order(6, "forward") == 6
+    fam = equal_step_family(6, 6, symmetric=True)
+    sub = dict.fromkeys(fam.params, 0)
+    a = [e.xreplace(sub) for e in fam.a]
+    b = [e.xreplace(sub) for e in fam.b]
+    assert a == [0, 0, 0, 0, 0, 1]
+    assert margin_ok(a, "bidirectional")
+    nu = min(growth_parameters(a, b), key=lambda p: abs(p[0] + 1))[1]
+    assert abs(nu - (-19 / 5)) < 1e-12 and -nu.real > GROWTH_MAX
+    assert growth_violation(a, b) > 0
+    # the maximal-order method has no stability requirement: any k
+    assert design(6, "none").order_equal == 10

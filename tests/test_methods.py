@@ -48,7 +48,7 @@ def test_max_order_belm_satisfies_its_order_conditions_exactly(k):
               for s in step_symbols(k)}
         vals = [sp.nsimplify(c.xreplace(pt)) for c in C]
         assert vals[:-1] == [0] * (2 * k - 1)
-        # the error constant is the Hermite remainder ω(0)/(2k-1)! (DESIGN.md §3)
+        # the error constant is the Hermite remainder ω(0)/(2k-1)! (docs/design.md §7)
         D = [sum(list(pt.values())[:j]) for j in range(1, k + 1)]
         omega0 = -sp.Mul(*[d**2 for d in D[:-1]]) * D[-1]
         assert vals[-1] == omega0 / sp.factorial(2 * k - 1)
@@ -86,12 +86,33 @@ def test_nonvanishing_is_sound():
     assert nonvanishing(-(h1 + 2 * h2) ** 3)
     assert not nonvanishing(h1 - h2)
     assert not nonvanishing(S0)  # s0 may be 0
+    assert nonvanishing(S0 + h1)
     assert nonvanishing(sp.sqrt(1 + S0**2) / sp.sqrt(1 + (S0 + h1) ** 2))
+    # a symbol without sign assumptions may make any polynomial vanish: x + 1 at x = -1
+    assert not nonvanishing(sp.Symbol("x") + 1)
+    assert nonvanishing(sp.Symbol("y", nonnegative=True) + 1)
 
 
 def test_vanishes():
     assert vanishes((h1 + h2) ** 2 - h1**2 - 2 * h1 * h2 - h2**2)
     assert not vanishes((h1 + h2) ** 2 - h1**2 - h2**2)
+    # square roots are decided exactly: identities hold, tiny non-zero values are not 0
+    x = S0 + h1 + h2
+    assert vanishes(sp.sqrt(1 + x**2) ** 2 - 1 - x**2)
+    assert vanishes(sp.sqrt(h1) * sp.sqrt(h1 * h2) - h1 * sp.sqrt(h2))
+    assert vanishes(1 / (sp.sqrt(h1) + sp.sqrt(h2)) - (sp.sqrt(h1) - sp.sqrt(h2)) / (h1 - h2))
+    assert not vanishes(1 / (sp.sqrt(h1) + sp.sqrt(h2)) - (sp.sqrt(h1) - sp.sqrt(h2)) / (h1 + h2))
+    assert vanishes(sp.sqrt(h1 - 2 * h2) ** 3 - (h1 - 2 * h2) * sp.sqrt(h1 - 2 * h2))
+    assert not vanishes(sp.sqrt(2) - sp.Rational(1414213562373095, 10**15))  # 4.9e-17
+    assert not vanishes(sp.sqrt(10**70 + 1) - 10**35)  # 5e-36: nsimplify called it 0
+    assert not vanishes(sp.sqrt(1 + x**2) - x - 1 / (2 * x))  # ~ -1/(8 x^3)
+    # BDIA's alpha ratio / 10 (0.03 at the first point): nsimplify called it 0
+    assert not vanishes(sp.sqrt(1 + S0**2) / sp.sqrt(1 + x**2) / 10)
+    # other algebraic numbers: sympy's exact minimal polynomial
+    assert vanishes(sp.cbrt(h1) ** 3 - h1)
+    assert not vanishes(sp.cbrt(2) - sp.Rational(126, 100))
+    with pytest.raises(ValueError, match="not algebraic"):
+        vanishes(sp.exp(h1) - 1)
 
 
 def test_ddim_and_bdia_orders():
@@ -99,6 +120,15 @@ def test_ddim_and_bdia_orders():
     # BDIA's coefficients depend on s0 through the VP α; its LTE's C_2 does not vanish
     m = L.bdia(0.5)
     assert order_of(m.a, m.b) == 1
+    assert not vanishes(lte_coefficients(m.a, m.b, 2)[2])
+    # inconsistent variants, perturbed by d = a_2/10 (a radical in s0): C_0 = -d, resp.
+    # C_1 = -d h2 and C_1 = -d h1; nsimplify's zero test reported order 1 for the first three
+    (a1, a2), b = m.a, m.b
+    d = a2 / 10
+    assert order_of((a1 + d, a2), b) == -1
+    assert order_of((a1 + d, a2 - d), b) == 0
+    assert order_of((a1, a2), (0, b[1] + d, 0)) == 0
+    assert order_of((a1, a2), (0, b[1] * (1 + d), 0)) == 0
 
 
 def test_bdia_reproduces_its_two_ddim_step_form():

@@ -9,7 +9,7 @@ def test_obelm_inversion_grows_like_step_ratio_squared():
     g = L.Grid.power(50, 5.0)
     amp = L.amplification(L.obelm(), g, "backward")
     # P_i = -h_i^2/h_{i+1}^2 telescopes: a perturbation made at the first LM inversion
-    # step is multiplied by (h_N/h_2)^2 by the end of the run (~ (h_N/h_1)^2 of DESIGN.md)
+    # step is multiplied by (h_N/h_2)^2 by the end of the run (~ (h_N/h_1)^2 of docs/design.md §4)
     ratio2 = (g.h[-1] / g.h[1]) ** 2
     assert abs(amp / ratio2 - 1) < 1e-9
     assert L.amplification(L.obelm(), g, "forward") == 1.0

@@ -5,7 +5,8 @@ import sympy as sp
 import lmsolvers as L
 from lmsolvers import derive_belm
 from lmsolvers.analysis import analyze, characteristic_polynomial, root_condition
-from lmsolvers.method import step_symbols
+from lmsolvers.design import equal_step_family
+from lmsolvers.method import LMMethod, step_symbols
 from lmsolvers.symbolic import vanishes
 
 Z = sp.Symbol("zeta")
@@ -72,10 +73,33 @@ def test_maximal_order_error_constants_hermite():
 
 def test_milne_is_order_4_with_constant_14_45():
     # classical Milne predictor as a 4-step BELM: x_{i-1} = x_{i+3} + ..., equal-step check
-    from lmsolvers.design import equal_step_family
-
     fam = equal_step_family(4, 4, symmetric=True)
     (c,) = fam.params
     sub = {c: 0} if str(c) == "a3" else {c: sp.solve(fam.a[2], c)[0]}
     assert [e.xreplace(sub) for e in fam.a] == [0, 0, 0, 1]
     assert abs(fam.error_constant.xreplace(sub)) == sp.Rational(14, 45)
+
+
+def test_analyze_decides_radical_coefficients_exactly():
+    """BDIA's form with a constant algebraic ratio r: order 1 and C_2 = h1²/2 − r h2²/2
+    exactly; adding δ = √(10⁷⁰+1) − 10³⁵ ≈ 5e-36 to a_1 makes it inconsistent (C_0 = −δ),
+    which nsimplify took for 0 (and the fast closed form refused the radicals)."""
+    h1, h2 = step_symbols(2)
+    r = sp.sqrt(2) / 2
+    b = (0, -(1 + r * h2 / h1), 0)
+    A = analyze(LMMethod("bdia-like", a=(1 - r, r), b=b))
+    assert A.order == 1 and A.order_equal == 1
+    assert vanishes(A.error_constant - (h1**2 / 2 - r * h2**2 / 2))
+    assert sp.expand(A.error_constant_equal - (sp.Rational(1, 2) - r / 2)) == 0
+    delta = sp.sqrt(10**70 + 1) - 10**35
+    A = analyze(LMMethod("inconsistent", a=(1 - r + delta, r), b=b))
+    assert A.order == -1 and A.order_equal == -1
+    assert sp.expand(A.error_constant_equal + delta) == 0
+
+
+def test_analyze_bdia_mutant_is_inconsistent():
+    m = L.bdia(0.5)
+    (a1, a2), b = m.a, m.b
+    A = analyze(LMMethod("bdia-mutant", a=(a1 + a2 / 10, a2), b=b))
+    assert A.order == -1 and vanishes(A.error_constant + a2 / 10)
+
