@@ -79,7 +79,7 @@ def _derive(args: argparse.Namespace) -> int:
     print("  x_{i-1} = sum_j a_j x_{i-1+j} + sum_j b_j h_{i-1+j} eps_{i-1+j};"
           "  h1..hk = h_i..h_{i+k-1}")
     if d.held:
-        eq = m.info["equal_step_a"]
+        eq = m.info.equal_step_a
         held = ", ".join(f"{n} = {eq[int(n[1:]) - 1]}" for n in d.held)
         print(f"  held at designed values: {held}")
     for j, e in enumerate(m.a, 1):

@@ -73,7 +73,7 @@ import numpy as np
 import sympy as sp
 
 from .analysis import characteristic_polynomial, root_condition
-from .method import LMMethod, step_symbols
+from .method import LMMethod, MethodInfo, step_symbols
 from .symbolic import belm_unknowns, lte_coefficients, maximal_belm, solve_order_conditions
 
 __all__ = [
@@ -304,7 +304,6 @@ def design(k: int, stability: str = "bidirectional") -> Design:
     if stability == "none" or k == 2:
         # k = 2: the order-2 family is the single method O-BELM (leapfrog at equal steps)
         meth = maximal_belm(k)
-        meth.info.update(order_equal=p, design=stability, held=())
         fam = equal_step_family(k, p)
         return Design(k, stability, p, {}, fam.a, fam.b, fam.error_constant,
                       abs(float(fam.error_constant)), meth)
@@ -327,8 +326,8 @@ def design(k: int, stability: str = "bidirectional") -> Design:
         a=tuple(a),
         b=tuple(b),
         starter="rk4",  # neutral parasitic modes keep starter errors: start accurately
-        info={"order": k - 1, "order_equal": p, "design": stability,
-              "held": tuple(held), "equal_step_a": a_eq},
+        info=MethodInfo(order=k - 1, design=stability, order_equal=p, held=tuple(held),
+                        equal_step_a=a_eq),
     )
     return Design(k, stability, p, {str(s): v for s, v in sub.items()}, a_eq, b_eq, c_eq,
                   fbest, meth, tuple(held))

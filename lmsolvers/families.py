@@ -16,7 +16,7 @@ from functools import cache
 
 import sympy as sp
 
-from .method import S0, LMMethod, step_symbols
+from .method import S0, LMMethod, MethodInfo, step_symbols
 from .symbolic import maximal_belm
 
 __all__ = ["ddim", "obelm", "bdia", "vp_alpha"]
@@ -34,7 +34,7 @@ def ddim() -> LMMethod:
         name="ddim",
         a=(sp.Integer(1),),
         b=(sp.Integer(0), sp.Integer(-1)),
-        info={"order": 1, "design": "explicit Euler"},
+        info=MethodInfo(order=1, design="explicit Euler"),
     )
 
 
@@ -73,5 +73,5 @@ def bdia(gamma: float = 1.0) -> LMMethod:
         name=f"bdia({gamma!r})",  # repr: the name parses back to this exact gamma
         a=(1 - r, r),
         b=(sp.Integer(0), -(1 + r * h2 / h1), sp.Integer(0)),
-        info={"order": 1, "design": f"BDIA gamma={gamma:g}", "gamma": gamma},
+        info=MethodInfo(order=1, design=f"BDIA gamma={gamma!r}", gamma=gamma),
     )

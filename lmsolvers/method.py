@@ -34,7 +34,7 @@ from .grid import Grid
 from .latent import Latent, freeze_context
 from .parasitic import companion_growth, local_roundoff
 
-__all__ = ["LMMethod", "StepCoefficients", "step_symbols", "S0", "nonvanishing"]
+__all__ = ["LMMethod", "MethodInfo", "StepCoefficients", "step_symbols", "S0", "nonvanishing"]
 
 _KMAX = 12
 #: ``h1, h2, …``: the local step sizes ``h_i, h_{i+1}, …`` of a step landing on node i−1.
@@ -106,6 +106,24 @@ class StepCoefficients:
         return self.a.shape[0]
 
 
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the derivation of a method established.
+
+    ``order``: order on variable grids; ``design``: how it was chosen; ``order_equal``:
+    order at equal steps (designs hold it one higher); ``held``: the coefficients held at
+    their equal-step values (designed BELMs); ``equal_step_a``: those values;
+    ``gamma``: BDIA's parameter.
+    """
+
+    order: int
+    design: str
+    order_equal: int | None = None
+    held: tuple[str, ...] = ()
+    equal_step_a: tuple[sp.Expr, ...] = ()
+    gamma: float | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class LMMethod(Integrator):
     """A k-step VSVF linear multistep method given by sympy coefficient expressions.
@@ -123,14 +141,16 @@ class LMMethod(Integrator):
         ``"ddim"`` (explicit Euler, 1 NFE per step) or ``"rk4"`` (classical
         Runge–Kutta, 4 NFE per step, needed by methods of order > 2: docs/design.md §3).
     info:
-        Free-form metadata of the derivation (order, design, free parameters).
+        :class:`MethodInfo` of the derivation (order, design, held coefficients), or
+        ``None`` for a method typed in by hand (then :attr:`order` asks for
+        :func:`lmsolvers.order_of`).
     """
 
     name: str
     a: tuple[sp.Expr, ...]
     b: tuple[sp.Expr, ...]
     starter: str = "ddim"
-    info: dict[str, Any] = field(default_factory=dict, compare=False)
+    info: MethodInfo | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         a = tuple(sp.sympify(e) for e in self.a)
@@ -215,7 +235,10 @@ class LMMethod(Integrator):
     @property
     def order(self) -> int:
         """Order on smooth variable grids, as recorded by the derivation."""
-        return int(self.info["order"])
+        if self.info is None:
+            raise ValueError(f"method {self.name!r} carries no derivation info; compute its "
+                             "order with lmsolvers.order_of(method.a, method.b)")
+        return self.info.order
 
     # ------------------------------------------------------------- numerics
     @cached_property

@@ -36,7 +36,7 @@ import sympy as sp
 from sympy.polys.matrices import DomainMatrix
 from sympy.polys.polyerrors import NotAlgebraic
 
-from .method import LMMethod, step_symbols
+from .method import LMMethod, MethodInfo, step_symbols
 
 __all__ = [
     "offsets",
@@ -437,5 +437,5 @@ def maximal_belm(k: int) -> LMMethod:
         a=tuple(a),
         b=tuple(b),
         starter="ddim" if p <= 2 else "rk4",
-        info={"order": p, "design": "none (maximal order)"},
+        info=MethodInfo(order=p, design="none (maximal order)", order_equal=p),
     )

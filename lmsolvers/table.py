@@ -46,7 +46,7 @@ def belm_table(kmax: int = 5, markdown: bool = False,
         d = design(k, st)
         rho = characteristic_polynomial(list(d.a_equal))
         fw, bw = root_condition(rho, "forward"), root_condition(rho, "backward")
-        rows.append([str(k), st, str(d.order_equal), str(d.method.info["order"]),
+        rows.append([str(k), st, str(d.order_equal), str(d.method.order),
                      sp.sstr(d.error_constant_equal),
                      f"{'yes' if fw else 'NO'}/{'yes' if bw else 'NO'}", _roots(d.a_equal)])
     if markdown:

@@ -96,7 +96,7 @@ def test_empirical_order_variable_steps(k, stability):
     smooth grid σ̄_i = σ̄_max (i/N)^1.5, so the equal-step order is attained there.
     """
     m = L.belm(k, stability)
-    p = m.info["order_equal"]
+    p = m.info.order_equal
     prob = GaussianMixture()
     x = prob.prior(16, 5.0, generator=torch.Generator().manual_seed(0))
     ref = prob.solution(x, 5.0, 0.0)
