@@ -8,7 +8,9 @@ engine's :class:`~lmsolvers.engine.Window` in ``state_dtype`` (float64), and han
 pipeline ``α x̄`` cast to the pipeline's dtype.  Every step is the core's formula
 (:func:`~lmsolvers.engine.lm_step`) on the grid of
 :func:`~lmsolvers.adapters.grid_from_scheduler`, with the timestep read from that grid's
-table, so its output equals :class:`~lmsolvers.adapters.DiffusionSampler`'s bit for bit.
+table, so its output in the pipeline's dtype equals
+:class:`~lmsolvers.adapters.DiffusionSampler`'s bit for bit (the float64 states agree to a
+few ulps: the pipeline hands the model ``x_T`` itself, the sampler ``α_N (x_T/α_N)``).
 
 Steps must follow ``scheduler.timesteps`` one by one, in order (``set_timesteps`` starts
 a run; a finished run may be followed by a new one from the first timestep); a skipped,

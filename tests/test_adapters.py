@@ -172,6 +172,17 @@ def test_fractional_timesteps_between_nodes(sd_scheduler):
     assert out.dtype == torch.float64 and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("n", [7, 10, 23])
+def test_grid_nodes_take_alpha_and_timestep_from_the_grid_table(sd_scheduler, n):
+    """At a node, α is the table's sqrt(ᾱ_t) (not 1/sqrt(1+σ̄²), which differs in the last
+    bits) and σ = α σ̄: the one source the scheduler uses too."""
+    g = grid_from_scheduler(sd_scheduler, n)
+    ev = DiffusersEps(tiny_conditional_unet(), g, sd_scheduler, prompt_embeds=tiny_prompt_embeds(0))
+    for m in range(g.N + 1):
+        t, a, sigma = ev.node_params(float(g.sigma_bar[m]))
+        assert (t, a, sigma) == (g.timesteps[m], g.alphas[m], g.alphas[m] * g.sigma_bar[m])
+
+
 def test_nan_from_the_model_names_the_node(sd_scheduler, x0):
     class NaNUNet(torch.nn.Module):
         def __init__(self):

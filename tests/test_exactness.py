@@ -244,3 +244,55 @@ def test_progress_bars_close_when_a_run_fails():
         L.invert(lambda x, s: x * float("nan"), L.Grid.power(10, 3.0), L.obelm(), x0_of(2),
                  disable=False)
     assert len(tqdm._instances) == before
+
+
+def test_window_put_replaces_the_cached_eps():
+    """ε at a node is evaluated from the state stored there: a new state, a new ε."""
+    from lmsolvers.engine import EpsEvaluator, Window
+
+    x = x0_of(3)
+    ev = EpsEvaluator(lambda z, s: z * 2.0, x)
+    w = Window(np.array([0.0, 1.0, 2.0]), ev)
+    w.put(1, x)
+    torch.testing.assert_close(w.eps(1), 2 * x, rtol=0, atol=0)
+    w.eps(1)
+    assert ev.nfev == 1  # cached
+    w.put(1, 3 * x)
+    torch.testing.assert_close(w.eps(1), 6 * x, rtol=0, atol=0)
+    assert ev.nfev == 2
+
+
+def test_a_latent_with_too_few_states_is_refused():
+    import dataclasses
+
+    eps = TanhField(dim=4, seed=7)
+    grid = L.Grid.power(10, 5.0)
+    lat = L.invert(eps, grid, L.obelm(), x0_of(), disable=True)
+    short = dataclasses.replace(lat, states=lat.states[1:], nodes=())
+    with pytest.raises(L.LatentMismatchError, match="latent has 1 states, method 'obelm' "
+                                                    "needs 2"):
+        L.sample(eps, grid, L.obelm(), short, disable=True)
+
+
+def test_edict_alternate_updates_y_first_on_odd_steps():
+    """The community pipeline's order, written out by hand: odd steps (from the top)
+    update ȳ with ε(x̄) first, then x̄ with ε at the stepped ȳ′ (scaled to node i's α)."""
+    p, q = 0.93, 0.07
+    grid = L.Grid.power(5, 3.0)
+    eps = TanhField(dim=3, seed=2)
+    x = y = x0_of(3)
+    for n, i in enumerate(range(grid.N, 0, -1)):
+        s, h = float(grid.sigma_bar[i]), float(grid.h[i - 1])
+        r = float(grid.alphas[i - 1] / grid.alphas[i])
+        if n % 2 == 0:
+            xi = x - h * eps(y, s)
+            yi = y - h * eps(r * xi, s)
+        else:
+            yi = y - h * eps(x, s)
+            xi = x - h * eps(r * yi, s)
+        x = p * xi + q * yi
+        y = p * yi + q * x
+    out = L.sample(eps, grid, L.edict(p, alternate=True), x0_of(3), disable=True)
+    torch.testing.assert_close(out, x, rtol=1e-14, atol=1e-14)
+    plain = L.sample(eps, grid, L.edict(p), x0_of(3), disable=True)
+    assert float((plain - out).abs().max()) > 1e-6

@@ -130,6 +130,16 @@ def test_mixture_reference_agrees_with_gaussian_closed_form():
                                rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("k", [3, 4])
+def test_network_evaluations_of_rk4_started_belms(k):
+    """k−1 RK4 starter steps (4 NFE each, the first stage reused by the method), then one
+    new ε per step: N + 3(k−1) evaluations."""
+    grid = L.Grid.power(17, 3.0)
+    eps = CountingEps(TanhField(dim=4))
+    L.sample(eps, grid, L.belm(k), torch.zeros(2, 4, dtype=torch.float64), disable=True)
+    assert eps.calls == grid.N + 3 * (k - 1)
+
+
 @pytest.mark.parametrize("method, per_step", [(L.ddim(), 1), (L.obelm(), 1), (L.bdia(0.5), 1),
                                               (L.edict(), 2)])
 def test_network_evaluations_per_step(method, per_step):

@@ -9,6 +9,7 @@ import lmsolvers as L
 from lmsolvers.method import S0, LMMethod, nonvanishing, step_symbols
 from lmsolvers.symbolic import (
     belm_max_order,
+    eps_scales,
     lte_coefficients,
     order_of,
     solve_order_conditions,
@@ -179,3 +180,14 @@ def test_invert_refuses_non_belm_and_vanishing_ak():
     tiny = L.bdia(1e-300)  # a_k underflows relative to the other coefficients
     with pytest.raises(ValueError, match="vanishes"):
         L.invert(eps, grid, tiny, x0)
+
+
+def test_b0_of_an_implicit_method_is_scaled_by_h1():
+    """b_0 multiplies h_{i−1}, outside the k-step window: the library scales it by h1
+    (symbolic.eps_scales), and the numeric coefficients must agree."""
+    m = LMMethod("implicit", a=(sp.Integer(1), sp.Integer(0)),
+                 b=(sp.Integer(1), sp.Integer(0), sp.Integer(0)))
+    g = L.Grid.power(6, 2.0, rho=1.7)
+    c = m.coefficients(g)
+    np.testing.assert_array_equal(c.bh[:, 0], g.h[: c.steps])
+    assert eps_scales(2)[0] == sp.Symbol("h1", positive=True)

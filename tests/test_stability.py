@@ -1,8 +1,10 @@
 """Zero-stability verdicts and parasitic growth on concrete grids."""
 
 import numpy as np
+import pytest
 
 import lmsolvers as L
+from lmsolvers.parasitic import companion_growth, companion_matrices
 
 
 def test_obelm_inversion_grows_like_step_ratio_squared():
@@ -34,3 +36,12 @@ def test_report_prints():
     r = L.stability_report(L.belm(4), L.Grid.stable_diffusion(50))
     s = str(r)
     assert "both=yes" in s and "inversion" in s and r.verdict["both"]
+
+
+def test_companion_growth_is_the_spectral_norm_of_the_product():
+    """k = 3, a = (2, −2, 1) on two steps: P = [[1, −1], [1, 0]] (first row −Σ_{j>m} a_j);
+    forward growth after one step is ‖P‖₂ = sqrt((3 + √5)/2) (closed form)."""
+    a = np.array([[2.0, -2.0, 1.0]] * 2)
+    np.testing.assert_array_equal(companion_matrices(a)[0], [[1.0, -1.0], [1.0, 0.0]])
+    assert companion_growth(a, "forward") == pytest.approx(np.sqrt((3 + np.sqrt(5)) / 2),
+                                                           rel=1e-15)
