@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lmsolvers-installed
 
-.PHONY: demo test lint docs bench setup
+.PHONY: demo test lint docs bench mutate setup
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,11 @@ demo: $(STAMP)
 # The strict API-docs build and the notebooks run inside pytest (tests/test_api_docs.py,
 # tests/test_notebooks.py), so `make test` is the whole of CI.
 test: $(STAMP)
-	$(BIN)/python -m ruff check lmsolvers adapters tests benchmarks notebooks docs
+	$(BIN)/python -m ruff check lmsolvers adapters tests benchmarks notebooks docs tools
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/python -m ruff check lmsolvers adapters tests benchmarks notebooks docs
+	$(BIN)/python -m ruff check lmsolvers adapters tests benchmarks notebooks docs tools
 
 # The API reference as HTML under out/docs/ (warnings are errors, as in the test).
 docs: $(STAMP)
@@ -43,3 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.toy_convergence
 	$(BIN)/python -m benchmarks.digits_bench
 	$(BIN)/python -m benchmarks.overhead
+
+# Targeted mutation testing (tools/README.md): kill rate and survivors (~15–20 min).
+mutate: $(STAMP)
+	$(BIN)/python tools/mutate.py
