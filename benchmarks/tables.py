@@ -1,34 +1,7 @@
-"""The one markdown-table formatter of the benchmark and measurement scripts.
+"""The benchmark scripts' markdown tables: the library's one formatter
+(:func:`lmsolvers.markdown.markdown_table`), so escaping and the header rule are the same
+in every report."""
 
-Every script that writes a report (``digits_bench``, ``toy_convergence``, ``overhead``,
-``measure_adapters``) formats its tables here, so that escaping and the header rule are
-the same everywhere.  (The core keeps its own for ``lmsolvers table --markdown`` and the
-bit-exact round-trip report: the library cannot depend on this package.)
-"""
-
-from __future__ import annotations
-
-from collections.abc import Iterable, Sequence
+from lmsolvers.markdown import markdown_table
 
 __all__ = ["markdown_table"]
-
-
-def _cell(value: object) -> str:
-    # A literal "|" would end the cell early; a newline would end the row.
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(header: Sequence[object], rows: Iterable[Sequence[object]]) -> str:
-    """A GitHub-flavoured markdown table (no trailing newline).
-
-    Cells are ``str()``-ed with ``|`` escaped.  Every row must have as many cells as the
-    header: a short row would silently shift the columns of everything after it.
-    """
-    head = [_cell(h) for h in header]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, row in enumerate(rows):
-        cells = [_cell(c) for c in row]
-        if len(cells) != len(head):
-            raise ValueError(f"row {i} has {len(cells)} cells, the header {len(head)}: {row!r}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

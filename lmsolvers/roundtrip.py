@@ -15,6 +15,7 @@ from .bitexact import fixed_point_plan
 from .engine import EpsFn
 from .grid import Grid
 from .integrate import invert, sample
+from .markdown import markdown_table
 from .method import LMMethod
 
 __all__ = ["RoundTripRow", "roundtrip_report", "format_roundtrip_table"]
@@ -106,7 +107,7 @@ def format_roundtrip_table(rows: Sequence[RoundTripRow]) -> str:
     steps = sorted({r.steps for r in rows})
     head = ["steps"] + [dt if m == "float" else f"bit-exact {dt}" for m, dt in cols] + \
         ["amplification"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines: list[list[str]] = []
     for n in steps:
         cells = [str(n)]
         amp = float("nan")
@@ -124,5 +125,5 @@ def format_roundtrip_table(rows: Sequence[RoundTripRow]) -> str:
             else:
                 cells.append(f"{r.max_abs:.1e}")
         cells.append(f"{amp:.2e}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(cells)
+    return markdown_table(head, lines)

@@ -13,6 +13,7 @@ import sympy as sp
 
 from .analysis import characteristic_polynomial, root_condition, roots_of
 from .design import KMAX_DESIGN, STABILITIES, design, design_steps_error
+from .markdown import markdown_table
 
 __all__ = ["belm_table"]
 
@@ -50,9 +51,7 @@ def belm_table(kmax: int = 5, markdown: bool = False,
                      sp.sstr(d.error_constant_equal),
                      f"{'yes' if fw else 'NO'}/{'yes' if bw else 'NO'}", _roots(d.a_equal)])
     if markdown:
-        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        out += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(out)
+        return markdown_table(head, rows)
     w = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{x}}}" for x in w)
     return "\n".join([fmt.format(*head)] + [fmt.format(*r) for r in rows])
