@@ -24,7 +24,8 @@ Each line is explicit in both directions, so the inverse is exact for any number
 steps (the community pipeline inverts exactly only for even counts: docs/design.md
 §8).  Mixing in x̄ or in x is the same because both states share α.  Two ε evaluations
 per step.  Read as a chain ``x̄_N, ȳ_N, x′, y′, x̄_{N−1}, ȳ_{N−1}, …`` every element is a
-2-step BELM of the two before it with ``a_2 ∈ {1, p}`` (tests/test_edict.py).
+2-step BELM of the two before it with ``a_2 ∈ {1, p}``
+(tests/test_integrate.py::test_edict_is_a_two_step_belm_on_its_chain).
 """
 
 from __future__ import annotations
