@@ -98,7 +98,7 @@ MUTATIONS: list[Mutation] = [
       "        self._x[m] = x\n        self._e.pop(m, None)\n",
       "        self._x[m] = x\n",
       "Window.put keeps a stale cached ε of the node it overwrites",
-      T_INTEGRATE, T_CHECKS),
+      T_INTEGRATE, T_EXACT),
     M("engine-emit-no-clone-x", "lmsolvers/engine.py",
       '"x": self.window[m].clone()',
       '"x": self.window[m]',
