@@ -3,7 +3,8 @@
 A name is what ``method.name`` prints, so a method can be written to a config and read
 back: ``"ddim"``, ``"obelm"``, ``"bdia"`` (γ = 1), ``"bdia(0.5)"``, ``"edict"``
 (p = 0.93), ``"edict(0.93)"``, ``"belm3"`` (the default design), ``"belm3-forward"``,
-``"belm3-bidirectional"``, ``"belm3-max"`` (the maximal-order, not zero-stable method).
+``"belm3-bidirectional"``, ``"belm3-max"`` (the maximal-order, not zero-stable method),
+``"obelm-landing(0.1)"`` (the default of the diffusion sampler).
 Parameters are parsed with ``float`` (``repr`` round-trips exactly), so
 ``method_from_name(m.name)`` has ``m``'s exact identity.
 """
@@ -16,16 +17,16 @@ from typing import Any
 from .design import belm, design
 from .edict import edict
 from .engine import Integrator
-from .families import bdia, ddim, obelm
+from .families import bdia, ddim, obelm, obelm_landing
 
 __all__ = ["method_from_name", "METHOD_NAMES"]
 
 #: the forms a name can take (for error messages and documentation)
 METHOD_NAMES = ("ddim", "obelm", "bdia", "bdia(<gamma>)", "edict", "edict(<p>)",
-                "edict(<p>, alternate)",
+                "edict(<p>, alternate)", "obelm-landing", "obelm-landing(<gamma>)",
                 "belm<k>", "belm<k>-forward", "belm<k>-bidirectional", "belm<k>-max")
 
-_PARAM = re.compile(r"^(bdia|edict)\((.+)\)$")
+_PARAM = re.compile(r"^(bdia|edict|obelm-landing)\((.+)\)$")
 _BELM = re.compile(r"^belm(\d+)(?:-(forward|bidirectional|max|none))?$")
 
 
@@ -50,6 +51,8 @@ def method_from_name(method: Any) -> Any:
         return bdia()
     if name == "edict":
         return edict()
+    if name == "obelm-landing":
+        return obelm_landing()
     m = _PARAM.match(name)
     if m:
         args = [a.strip() for a in m.group(2).split(",")]
@@ -61,6 +64,8 @@ def method_from_name(method: Any) -> Any:
             value = float(args[0])
         except ValueError:
             raise ValueError(f"method {method!r}: {args[0]!r} is not a number") from None
+        if m.group(1) == "obelm-landing":
+            return obelm_landing(value)
         return bdia(value) if m.group(1) == "bdia" else edict(value, alternate)
     m = _BELM.match(name)
     if m:

@@ -141,7 +141,9 @@ print("image", tuple(image.shape), "→ latents", tuple(z0.shape))
 # %% [markdown]
 # ## Exact inversion under the source prompt (with guidance)
 #
-# `DiffusionSampler` runs O-BELM with classifier-free guidance in one batched UNet call per step.
+# `DiffusionSampler` runs the library's default exact configuration (O-BELM with a damped
+# landing step, on a grid designed for the step count) with classifier-free guidance in one
+# batched UNet call per step.
 # Its state is float64, so the round trip is exact to float64 round-off even through an fp16
 # UNet. The classic DDIM inversion on the same model, for comparison:
 
@@ -210,11 +212,15 @@ show([decode_latents(pipe.vae, p).cpu() for p in path], [f"w = {w}" for w in wei
 # `BELMScheduler` plugs O-BELM into an unmodified `StableDiffusionPipeline`. A pipeline passes a
 # single tensor `latents`, while an exact latent holds k states: `load_latent` stores them in the
 # scheduler and returns `x_T`, and the pipeline then reproduces the inverted image. (Restarting
-# from `x_T` alone is not the inverse.)
+# from `x_T` alone is not the inverse.) A pipeline walks its scheduler's own timesteps, so the
+# inversion to resume there runs on that grid (`grid="scheduler"`, plain O-BELM).
 
 # %%
 pipe.scheduler = BELMScheduler.from_config(pipe.scheduler.config)
-x_T = pipe.scheduler.load_latent(latent, dtype=pipe.unet.dtype)
+on_pipeline_grid = DiffusionSampler(pipe.unet, pipe.scheduler, NUM_STEPS, grid="scheduler",
+                                    guidance_scale=GUIDANCE, prompt_embeds=src,
+                                    negative_prompt_embeds=neg, disable_progress=True)
+x_T = pipe.scheduler.load_latent(on_pipeline_grid.invert(z0), dtype=pipe.unet.dtype)
 out = pipe(prompt_embeds=src, negative_prompt_embeds=neg, guidance_scale=GUIDANCE,
            num_inference_steps=NUM_STEPS, latents=x_T, output_type="latent").images
 print(f"stock pipeline from the loaded latent: relative error {rel(out.double(), z0_64):.1e}")

@@ -60,8 +60,10 @@ def run_pipe(pipe, embeds, latents, w, n=N):
 
 
 def sampler(unet, scheduler, embeds, n=N, w=1.0, **kw):
-    return DiffusionSampler(unet, scheduler, n, guidance_scale=w, prompt_embeds=embeds[0],
-                            negative_prompt_embeds=embeds[1], disable_progress=True, **kw)
+    """On the scheduler's own grid, so its latents resume in a BELMScheduler pipeline."""
+    return DiffusionSampler(unet, scheduler, n, grid="scheduler", guidance_scale=w,
+                            prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1],
+                            disable_progress=True, **kw)
 
 
 def rand(*shape, seed=0, dtype=torch.float32):
@@ -409,7 +411,8 @@ def test_edit_and_interpolation_refuse_latents_of_other_inversions(unet, embeds,
     other = sampler(unet, sch, embeds, n=N + 2, w=2.0).invert(x0)
     with pytest.raises(ValueError, match="grid mismatch"):
         edit_latents(unet, sch, x0, embeds[0], embeds[0], embeds[1], guidance_scale=2.0,
-                     num_inference_steps=N, latent=other, disable_progress=True)
+                     num_inference_steps=N, latent=other, method="obelm",
+                     disable_progress=True)
     from lmsolvers.adapters import slerp_latents
 
     mine = sampler(unet, sch, embeds, w=2.0).invert(x0)

@@ -71,7 +71,8 @@ def inverse_loop(unet, inv, x0, embeds, w):
 @pytest.mark.parametrize("w", [1.0, 3.0])
 def test_scheduler_drop_in_equals_diffusion_sampler(pipe, embeds, x_T, w):
     out = run_pipe(pipe, embeds, x_T, w)
-    s = DiffusionSampler(pipe.unet, pipe.scheduler, N, guidance_scale=w, prompt_embeds=embeds[0],
+    s = DiffusionSampler(pipe.unet, pipe.scheduler, N, grid="scheduler",
+                         guidance_scale=w, prompt_embeds=embeds[0],
                          negative_prompt_embeds=embeds[1], disable_progress=True)
     ref = s.sample(x_T)
     assert out.dtype == torch.float32
@@ -86,7 +87,8 @@ def test_inverse_scheduler_and_resume_from_full_latent_in_the_pipeline(pipe, emb
     inv.set_timesteps(N)
     assert inv.timesteps.tolist() == sorted(inv.timesteps.tolist())
     inverse_loop(pipe.unet, inv, x0, embeds, w)
-    s = DiffusionSampler(pipe.unet, pipe.scheduler, N, guidance_scale=w, prompt_embeds=embeds[0],
+    s = DiffusionSampler(pipe.unet, pipe.scheduler, N, grid="scheduler",
+                         guidance_scale=w, prompt_embeds=embeds[0],
                          negative_prompt_embeds=embeds[1], disable_progress=True)
     lat = s.invert(x0)
     assert all(torch.equal(a, b) for a, b in zip(lat.states, inv.latent.states, strict=True))
@@ -103,7 +105,8 @@ def test_inverse_scheduler_and_resume_from_full_latent_in_the_pipeline(pipe, emb
 
 
 def test_load_latent_refuses_a_mismatched_grid(pipe, embeds, x_T):
-    s = DiffusionSampler(pipe.unet, pipe.scheduler, N + 2, prompt_embeds=embeds[0],
+    s = DiffusionSampler(pipe.unet, pipe.scheduler, N + 2, grid="scheduler",
+                         prompt_embeds=embeds[0],
                          disable_progress=True)
     lat = s.invert(x_T)
     latents = pipe.scheduler.load_latent(lat)
@@ -168,7 +171,8 @@ def test_edit_image_with_a_vae(pipe):
 
 
 def test_interpolation_end_points_are_exact(pipe, image_latents):
-    s = DiffusionSampler(pipe.unet, pipe.scheduler, N, prompt_embeds=tiny_prompt_embeds(1),
+    s = DiffusionSampler(pipe.unet, pipe.scheduler, N, grid="scheduler",
+                         prompt_embeds=tiny_prompt_embeds(1),
                          disable_progress=True)
     a, b = image_latents[:1], image_latents[1:]
     path = interpolate(s, a, b, weights=(0.0, 0.5, 1.0))
