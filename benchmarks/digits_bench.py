@@ -1,44 +1,60 @@
-"""Real-model benchmark on the shipped digits DDPM: every sampler at NFE 10/20/50/100.
+"""Real-model benchmark on the shipped digits DDPM: ODE error of every sampler against a
+self-converged reference, at equal NFE, with bootstrap intervals.
 
-For each sampler (DDIM, BDIA(0.5), BDIA(1), EDICT(0.93), O-BELM, the designed BELMs when
-``lmsolvers.belm`` exists, diffusers' DPM-Solver++(2M)) and NFE budget it measures
+**The ODE.**  ``dx̄/dσ̄ = ε̄(x̄, σ̄) = ε_θ(α x̄, t(σ̄))`` with ``α = 1/sqrt(1 + σ̄²)`` and
+``t(σ̄)`` the training timestep of σ̄: exact integers on the training table, a cubic
+spline in log σ̄ between them (0 below σ̄(t = 0)).  Every sampler, peers included, is fed
+this one ε (:class:`DigitsODE`), so all of them solve the same ODE.  (The network wiggles
+in t with a period of a few timesteps, so between training timesteps any solver that
+lands there resolves those wiggles; a piecewise-linear t(σ̄) would add kinks.)
 
-* **ODE error**: RMS over pixels of the final sample minus a reference solution of the
-  same probability-flow ODE from the same noise.  The reference is O-BELM on the
-  1000-step grid (every training timestep); its accuracy is *shown*, not assumed: the
-  RMS difference between the 500- and 1000-step solutions is printed next to the table
-  (an order-2 method's 1000-step error is about a third of it);
-* **Fréchet distance** to the held-out digits in the digits classifier's 64-d feature
-  space (samples clamped to [-1, 1]); run-to-run spread from a bootstrap over the
-  generated samples and from extra noise seeds at one setting;
-* **round-trip error** ``sample(invert(x_0)) − x_0`` on held-out real digits, with the
-  solver state in float64 (model fp32) and entirely in float32 (DDIM: the classic
-  approximate inversion);
-* wall time (per sample, batch run; the machine is shared, so ±30 %) and counted NFE.
+**Reference.**  Classical RK4 in u = log σ̄ (:func:`rk4_log_sigma`) with its nodes on
+every ``m``-th training timestep from t = 999 to 0, then 4 RK4 steps in σ̄ from σ̄(0) to
+σ̄ = 0: ``m = 2`` (500 + 4 steps, 2016 NFE) on every sample, checked against ``m = 1``
+(1000 + 4 steps) on a subset; the RMS difference is reported.
 
-All samplers walk the grid of ``DPMSolverMultistepScheduler`` (trailing spacing, final
-σ = 0) for their step count; at a budget each gets the most steps that fit it (EDICT
-half, RK4-started BELMs fewer).  Writes ``digits_bench.md``, ``digits_bench.json``,
-``digits_bench.png`` and one sample grid per sampler under ``--out``.
+**Measurements.**  For ``--n`` seeded noises (512): per-sample RMS pixel error of x_0
+against the reference; per sampler and NFE the median and the RMS of those errors, each
+with a percentile-bootstrap 95 % interval (``--boot`` resamples, seeded, the same
+resamples for every sampler).  At a budget each sampler gets the most steps whose
+counted NFE fit (``samplers.steps_for_budget``).  Also: a grid-family pilot
+(``samplers.GRID_FAMILIES``, NFE 20, first ``--n-pilot`` samples) choosing each
+sampler's best family, which is then run on the full set; a convergence sweep on the
+trailing grid over ``--sweep`` budgets (first ``--n-pilot`` samples); the Fréchet
+distance to held-out digits in classifier features; round trips
+``sample(invert(x_0))`` on held-out digits with a float64 state and all float32; a
+check that the diffusers peers are the published algorithms.
 
-Usage: ``.venv/bin/python -m benchmarks.digits_bench [--n-fd 512] [--threads 1]``
+Writes ``digits_bench.md``/``.json``/``.png``, ``digits_convergence.png`` and one
+sample grid per sampler under ``--out``.  ``--jobs`` worker processes (one thread
+each) share the work.  Usage: ``.venv/bin/python -m benchmarks.digits_bench
+[--jobs 2] [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
+import hashlib
+import importlib
 import json
 import math
+import multiprocessing as mp
 import time
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
-from lmsolvers.adapters.diffusers import DiffusersEps, grid_from_scheduler
+from lmsolvers.adapters.diffusers import alphas_cumprod_from_config
 from scipy import linalg
+from scipy.interpolate import CubicSpline
 
 import lmsolvers as L
+from lmsolvers.grid import vp_alpha
 
 from . import samplers as S
 from .digits_classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
@@ -46,98 +62,240 @@ from .digits_data import REPO_ROOT, load_digits_split, save_image_grid
 from .tables import markdown_table
 
 MODEL = REPO_ROOT / "models" / "digits_ddpm"
+TABLE_BUDGETS = (10, 20, 50, 100)
+SWEEP_BUDGETS = (10, 12, 15, 20, 25, 30, 40, 50, 70, 100, 140, 200)
+SHAPE = (1, 8, 8)
 
 
-# ------------------------------------------------------------------------ setup
-class DigitsModel:
-    """The shipped UNet, its DPM-Solver++ scheduler config, and ε adapters per grid."""
+# -------------------------------------------------------------------- the ODE
+class DigitsODE:
+    """``ε̄(x̄, σ̄)`` of the shipped digits DDPM at any σ̄ ≥ 0 (float64 or float32 state).
+
+    The network runs in float32 on ``α x̄`` at the timestep ``t(σ̄)``: the training
+    timestep where σ̄ is on the training table, a cubic spline of t in log σ̄ between,
+    0 below σ̄(t = 0).  ``sbar_table`` holds σ̄ of t = 0..T−1.
+    """
 
     def __init__(self, model_dir: Path = MODEL):
         self.unet = UNet2DModel.from_pretrained(model_dir).eval()
-        ddpm = DDPMScheduler.from_pretrained(model_dir)
-        self.config = S.dpm_config(ddpm.config, timestep_spacing="trailing")
-        self.scheduler = DPMSolverMultistepScheduler.from_config(self.config)
-        self._grids: dict[tuple[int, str], tuple[L.Grid, DiffusersEps]] = {}
+        self.ddpm_config = {k: v for k, v in DDPMScheduler.from_pretrained(model_dir).config.items()
+                            if not k.startswith("_")}
+        ac = alphas_cumprod_from_config(self.ddpm_config)
+        self.sbar_table = np.sqrt((1.0 - ac) / ac)
+        self.log_sbar = np.log(self.sbar_table)
+        self.T = ac.size
+        self._t_of = CubicSpline(self.log_sbar, np.arange(self.T, dtype=np.float64))
+        self._node = {float(s): float(t) for t, s in enumerate(self.sbar_table)}
+        #: the scheduler a diffusers user of this model would sample with (trailing, σ = 0)
+        self.scheduler = DPMSolverMultistepScheduler.from_config(
+            S.peer_config(S.SamplerSpec("DPM-Solver++(2M)", "dpm"), self.ddpm_config))
 
-    def grid_eps(self, n_steps: int) -> tuple[L.Grid, DiffusersEps]:
-        key = (n_steps, "fp32")
-        if key not in self._grids:
-            grid = grid_from_scheduler(self.scheduler, n_steps)
-            self._grids[key] = (grid, DiffusersEps(self.unet, grid, self.scheduler))
-        return self._grids[key]
+    def timestep(self, sigma_bar: float) -> float:
+        """The model timestep of σ̄ (exact on the table, spline between, clamped)."""
+        t = self._node.get(float(sigma_bar))
+        if t is not None:
+            return t
+        if sigma_bar <= self.sbar_table[0]:
+            return 0.0
+        if sigma_bar >= self.sbar_table[-1]:
+            return float(self.T - 1)
+        t = float(self._t_of(math.log(sigma_bar)))
+        return float(round(t)) if abs(t - round(t)) < 1e-9 else t
 
-    def dpm_output(self, x: torch.Tensor, t, sigma_bar: float) -> torch.Tensor:
-        with torch.no_grad():
-            return self.unet(x.float(), t).sample.to(x.dtype)
-
-
-def sample(dm: DigitsModel, spec: S.SamplerSpec, n_steps: int, x_T: torch.Tensor
-           ) -> tuple[torch.Tensor, int]:
-    """``(x_0, NFE)`` of one sampler from model-space noise ``x_T`` (float64 state)."""
-    if spec.kind == "dpm":
-        return S.dpm_solve(dm.config, n_steps, x_T, dm.dpm_output)
-    grid, eps = dm.grid_eps(n_steps)
-    ce = S.CountingEps(eps)
-    xbar0 = L.sample(ce, grid, spec.method, x_T / float(grid.alphas[-1]), disable=True)
-    return xbar0 * float(grid.alphas[0]), ce.calls
-
-
-def sample_chunked(dm, spec, n_steps, x_T, chunk):
-    outs, nfe = [], 0
-    for i in range(0, x_T.shape[0], chunk):
-        o, nfe = sample(dm, spec, n_steps, x_T[i:i + chunk])
-        outs.append(o)
-    return torch.cat(outs), nfe
+    @torch.no_grad()
+    def __call__(self, xbar: torch.Tensor, sigma_bar: float) -> torch.Tensor:
+        a = float(vp_alpha(sigma_bar))
+        t = torch.tensor(self.timestep(float(sigma_bar)), dtype=torch.float32)
+        return self.unet((xbar * a).float(), t).sample.to(xbar.dtype)
 
 
-def round_trip(dm: DigitsModel, spec: S.SamplerSpec, n_steps: int, x0: torch.Tensor,
-               dtype: torch.dtype) -> tuple[float, float]:
-    """RMS and max |sample(invert(x_0)) − x_0| with the state (and for fp32 all) in ``dtype``."""
-    grid, eps = dm.grid_eps(n_steps)
-    xb = x0.to(dtype) / float(grid.alphas[0])
-    if not spec.invertible:  # DDIM: its classic approximate inversion
-        lat = L.ddim_inversion(eps, grid, xb, disable=True)
-    else:
-        lat = L.invert(eps, grid, spec.method, xb, disable=True)
-    rec = L.sample(eps, grid, spec.method, lat, disable=True) * float(grid.alphas[0])
-    d = (rec.double() - x0.double())
-    return float(d.pow(2).mean().sqrt()), float(d.abs().max())
-
-
-def rk4_log_sigma(eps, grid: L.Grid, xbar_N: torch.Tensor, n_steps: int) -> torch.Tensor:
-    """Classical RK4 in ``u = log σ̄`` (``dx̄/du = σ̄ ε̄``) from σ̄_N to σ̄_1, then one
-    Euler step to σ̄_0 = 0: an independent reference, well conditioned near σ̄ → 0."""
-    u0, u1 = math.log(float(grid.sigma_bar[-1])), math.log(float(grid.sigma_bar[1]))
-    h = (u1 - u0) / n_steps
+def rk4_log_sigma(eps, log_sigma_nodes: np.ndarray, xbar: torch.Tensor, sigma_tail: float = 0.0,
+                  tail_steps: int = 4) -> tuple[torch.Tensor, int]:
+    """Classical RK4 in ``u = log σ̄`` (``dx̄/du = σ̄ ε̄``) through the decreasing nodes
+    ``log_sigma_nodes``, then ``tail_steps`` RK4 steps in σ̄ from the last node down to
+    ``sigma_tail`` (σ̄ = 0 cannot be reached in log σ̄).  Returns ``(x̄, NFE)``."""
+    calls = 0
 
     def f(x, u):
-        return math.exp(u) * eps(x, math.exp(u))
+        nonlocal calls
+        calls += 1
+        s = math.exp(u)
+        return s * eps(x, s)
 
-    x = xbar_N
-    for i in range(n_steps):
-        u = u0 + i * h
-        k1 = f(x, u)
-        k2 = f(x + 0.5 * h * k1, u + 0.5 * h)
-        k3 = f(x + 0.5 * h * k2, u + 0.5 * h)
-        k4 = f(x + h * k3, u + h)
-        x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    s1 = float(grid.sigma_bar[1])
-    return x - s1 * eps(x, s1)
+    def g(x, s):
+        nonlocal calls
+        calls += 1
+        return eps(x, s)
+
+    def rk4(fun, x, nodes):
+        for a, b in zip(nodes[:-1], nodes[1:], strict=True):
+            h = b - a
+            k1 = fun(x, a)
+            k2 = fun(x + 0.5 * h * k1, a + 0.5 * h)
+            k3 = fun(x + 0.5 * h * k2, a + 0.5 * h)
+            k4 = fun(x + h * k3, b)
+            x = x + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        return x
+
+    x = rk4(f, xbar, [float(u) for u in log_sigma_nodes])
+    s_last = math.exp(float(log_sigma_nodes[-1]))
+    if tail_steps > 0:
+        x = rk4(g, x, list(np.linspace(s_last, sigma_tail, tail_steps + 1)))
+    return x, calls
 
 
-def reference_check(dm: DigitsModel, x_T: torch.Tensor, ref: torch.Tensor, ref_steps: int
-                    ) -> dict[str, float]:
-    """RMS distance of the reference to independent solutions of the same ODE."""
-    grid, eps = dm.grid_eps(ref_steps)
-    xb = x_T / float(grid.alphas[-1])
+def reference_nodes(ode: DigitsODE, m: int) -> np.ndarray:
+    """log σ̄ of every m-th training timestep from T−1 down to 0 (both included)."""
+    ts = list(range(ode.T - 1, -1, -m))
+    if ts[-1] != 0:
+        ts.append(0)
+    return ode.log_sbar[ts]
 
-    def rms(a):
-        return float((a - ref).pow(2).mean().sqrt())
 
-    out = {f"DDIM {ref_steps}": rms(L.sample(eps, grid, L.ddim(), xb, disable=True))}
-    for n in (ref_steps // 10, ref_steps // 5):
-        out[f"RK4(log σ̄) {n} steps"] = rms(rk4_log_sigma(eps, grid, xb, n))
-    return out
+# ------------------------------------------------------------------ the jobs
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: ``kind`` 'sample' (a sampler on samples lo:hi of seed's noise),
+    'ref' (the reference with spacing m on lo:hi) or 'rt' (a round trip)."""
+
+    kind: str
+    sampler: str = ""
+    family: str = "trailing"
+    budget: int = 0
+    lo: int = 0
+    hi: int = 0
+    seed: int = 0
+    m: int = 0
+    dtype: str = "fp64"
+    tag: str = ""
+
+    def cost(self) -> float:
+        if self.kind == "ref":
+            return 4.0 * (1000 / self.m) * (self.hi - self.lo)
+        return float(self.budget) * (self.hi - self.lo) * (4 if self.kind == "rt" else 1)
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _init(settings: dict) -> None:
+    """Build the model, ε and the samplers once per process."""
+    torch.set_num_threads(settings["threads"])
+    # BDIA(0.5) & co. warn that their inversion is inexact: the round-trip table says it
+    warnings.simplefilter("ignore", L.ExactnessWarning)
+    ode = DigitsODE(Path(settings["model_dir"]))
+    default, note = (None, "not requested")
+    if settings["default_row"]:
+        default, note = S.default_spec(ode.unet, ode.scheduler)
+    specs = S.make_specs(names=settings["samplers"], default=default)
+    x_test, _ = load_digits_split("test")
+    _STATE.update(ode=ode, specs={s.name: s for s in specs}, order=[s.name for s in specs],
+                  default_note=note, settings=settings, noise={},
+                  x_rt=x_test[: settings["n_rt"]].double())
+
+
+def _noise(seed: int) -> torch.Tensor:
+    cache = _STATE["noise"]
+    if seed not in cache:
+        g = torch.Generator().manual_seed(seed)
+        cache[seed] = torch.randn((_STATE["settings"]["n"], *SHAPE), generator=g,
+                                  dtype=torch.float64)
+    return cache[seed]
+
+
+def grid_for(spec: S.SamplerSpec, family: str, n: int) -> np.ndarray:
+    """σ̄ nodes of ``spec`` with n steps on ``family`` (or on its own grid)."""
+    if spec.grid_fn is not None:
+        return spec.grid_fn(n)
+    return S.family_grid(family, n, _STATE["ode"].sbar_table)
+
+
+def _work(job: Job) -> tuple[Job, dict]:
+    """Run one job in this process (a worker, or the main process with ``--jobs 1``)."""
+    ode: DigitsODE = _STATE["ode"]
+    t0 = time.time()
+    if job.kind == "ref":
+        x_T = _noise(job.seed)[job.lo:job.hi]
+        nodes = reference_nodes(ode, job.m)
+        x, nfe = rk4_log_sigma(ode, nodes, x_T / float(vp_alpha(ode.sbar_table[-1])))
+        return job, dict(x0=x.numpy(), nfe=nfe, wall=time.time() - t0)
+    spec = _STATE["specs"][job.sampler]
+    n = S.steps_for_budget(spec, job.budget)
+    if n is None:
+        return job, dict(steps=None)
+    sb = grid_for(spec, job.family, n)
+    if job.kind == "sample":
+        x_T = _noise(job.seed)[job.lo:job.hi]
+        try:
+            x0, nfe = S.run(spec, sb, x_T / float(vp_alpha(sb[-1])), ode)
+            x0 = x0.numpy()
+            note = ""
+        except (L.SolverInstabilityError, FloatingPointError, ValueError) as exc:
+            x0, nfe, note = np.full((job.hi - job.lo, *SHAPE), np.nan), -1, str(exc)[:120]
+        return job, dict(x0=x0, steps=n, nfe=nfe, wall=time.time() - t0, note=note)
+    # round trip on held-out digits, trailing grid (or the spec's own)
+    dt = torch.float64 if job.dtype == "fp64" else torch.float32
+    x0 = _STATE["x_rt"].to(dt)
+    grid = L.Grid(sb)
+    out = dict(steps=n, amplification=float(L.amplification(spec.method, grid))
+               if spec.invertible else 1.0)
+    try:
+        if spec.invertible:
+            lat = L.invert(ode, grid, spec.method, x0, disable=True)
+        else:
+            lat = L.ddim_inversion(ode, grid, x0, disable=True)
+        rec = L.sample(ode, grid, spec.method, lat, disable=True)
+        d = rec.double() - x0.double()
+        per = d.pow(2).flatten(1).mean(1).sqrt()
+        out.update(rms=float(d.pow(2).mean().sqrt()), max=float(d.abs().max()),
+                   worst_sample=float(per.max()))
+    except (L.SolverInstabilityError, FloatingPointError, ValueError) as exc:
+        out.update(rms=float("nan"), max=float("nan"), note=str(exc).split(";")[0][:100])
+    out["wall"] = time.time() - t0
+    return job, out
+
+
+class Runner:
+    """Runs jobs (longest first) in ``n_workers`` spawned processes that live across
+    phases, or inline for one worker.  A context manager."""
+
+    def __init__(self, n_workers: int, settings: dict):
+        self.n_workers, self.settings, self.pool = n_workers, settings, None
+        self.me = importlib.import_module("benchmarks.digits_bench")
+        if n_workers > 1:
+            self.pool = cf.ProcessPoolExecutor(
+                max_workers=n_workers, mp_context=mp.get_context("spawn"),
+                initializer=self.me._init, initargs=(settings,))
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def run(self, jobs: list[Job], label: str) -> dict[Job, dict]:
+        jobs = sorted(jobs, key=lambda j: -j.cost())
+        results: dict[Job, dict] = {}
+        t0, done = time.time(), 0.0
+        total = sum(j.cost() for j in jobs) or 1.0
+
+        def report(job: Job, res: dict) -> None:
+            nonlocal done
+            results[job] = res
+            done += job.cost()
+            if job.kind == "ref" or len(results) % 25 == 0 or len(results) == len(jobs):
+                print(f"  [{label}] {len(results)}/{len(jobs)} jobs, "
+                      f"{100 * done / total:.0f} % of the work, {time.time() - t0:.0f} s",
+                      flush=True)
+
+        if self.pool is None:
+            for j in jobs:
+                report(*self.me._work(j))
+        else:
+            for fut in cf.as_completed([self.pool.submit(self.me._work, j) for j in jobs]):
+                report(*fut.result())
+        return results
 
 
 # ------------------------------------------------------------------- Fréchet
@@ -167,266 +325,558 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
-    p.add_argument("--budgets", type=int, nargs="+", default=[10, 20, 50, 100])
-    p.add_argument("--n-fd", type=int, default=512, help="samples per sampler and budget")
-    p.add_argument("--n-err", type=int, default=128,
-                   help="of those, how many are compared with the reference ODE solution")
-    p.add_argument("--ref-steps", type=int, default=1000)
-    p.add_argument("--n-rt", type=int, default=64, help="held-out digits for round trips")
+    p.add_argument("--budgets", type=int, nargs="+", default=list(TABLE_BUDGETS),
+                   help="NFE budgets of the tables (full sample set)")
+    p.add_argument("--sweep", type=int, nargs="+", default=list(SWEEP_BUDGETS),
+                   help="NFE budgets of the convergence sweep (trailing grid, pilot subset)")
+    p.add_argument("--n", type=int, default=512, help="seeded noises (samples) per cell")
+    p.add_argument("--n-pilot", type=int, default=128,
+                   help="first samples used by the grid pilot and the sweep")
+    p.add_argument("--pilot-budget", type=int, default=20)
+    p.add_argument("--families", nargs="+", default=list(S.GRID_FAMILIES))
+    p.add_argument("--ref-m", type=int, default=2,
+                   help="reference: RK4 nodes on every m-th training timestep")
+    p.add_argument("--ref-check-m", type=int, default=1, help="the finer check of the reference")
+    p.add_argument("--n-ref-check", type=int, default=64,
+                   help="samples on which the finer check runs")
+    p.add_argument("--ref-chunk", type=int, default=128)
+    p.add_argument("--load-reference", type=Path, default=None,
+                   help="reuse a reference saved by an earlier run (digits_bench.reference.npz) "
+                        "if it was made with the same model, noise and settings")
+    p.add_argument("--n-rt", type=int, default=32, help="held-out digits for round trips")
     p.add_argument("--extra-seeds", type=int, default=2,
-                   help="extra noise seeds for the run-to-run spread (O-BELM and DDIM at 20)")
-    p.add_argument("--bootstrap", type=int, default=50)
-    p.add_argument("--chunk", type=int, default=256)
+                   help="extra noise seeds for the FD run-to-run spread (O-BELM, DDIM, NFE 20)")
+    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples (intervals)")
+    p.add_argument("--fd-boot", type=int, default=50, help="bootstrap resamples for FD s.d.")
+    p.add_argument("--n-peer-check", type=int, default=16)
     p.add_argument("--samplers", nargs="*", default=None, help="subset of sampler names")
+    p.add_argument("--no-default-row", action="store_true",
+                   help="skip the DiffusionSampler default hook")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (1 thread each)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--merge", type=Path, nargs="+", default=None,
-                   help="only combine these digits_bench.json records (e.g. a run of extra "
-                        "--samplers) into one report under --out")
-    return p.parse_args(argv)
+    p.add_argument("--merge-into", type=Path, default=None,
+                   help="run only --samplers and put their rows into this digits_bench.json "
+                        "(same settings; use --load-reference), e.g. to add 'default (ours)'")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="only re-render the report and plots of a digits_bench.json")
+    p.add_argument("--quick", action="store_true",
+                   help="a reduced end-to-end run (seconds): the test suite's configuration")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.n_pilot, args.budgets, args.sweep = 12, 8, [10], [10, 20]
+        args.pilot_budget, args.families = 10, ["trailing", "trailing-split", "karras-5"]
+        args.ref_m, args.ref_check_m, args.n_ref_check, args.ref_chunk = 100, 50, 4, 12
+        args.n_rt, args.extra_seeds, args.boot, args.fd_boot = 3, 1, 200, 3
+        args.n_peer_check, args.jobs = 2, 1
+        if args.samplers is None:
+            args.samplers = ["DDIM", "O-BELM", "EDICT(0.93)", "EDICT(0.93, alt)", "BELM-3",
+                             "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-3 (bh2)"]
+    args.n_pilot = min(args.n_pilot, args.n)
+    args.n_ref_check = min(args.n_ref_check, args.n)
+    return args
 
 
-def merge(paths: list[Path], out: Path) -> dict:
-    """Combine several records (same seed and settings, different samplers) into one report."""
-    recs = [json.loads(Path(p).read_text()) for p in paths]
-    rec = dict(recs[0])
-    for key in ("rows", "seed_rows", "rt_rows"):
-        rec[key] = [r for x in recs for r in x[key]]
-    for x in recs:
-        if "ref_check" in x:
-            rec["ref_check"], rec["ref_selfconv"] = x["ref_check"], x["ref_selfconv"]
-    rec["belm_ks"] = sorted({k for x in recs for k in x.get("belm_ks", [])})
-    rec["elapsed_s"] = sum(x["elapsed_s"] for x in recs)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "digits_bench.json").write_text(json.dumps(rec, indent=1, default=str))
-    (out / "digits_bench.md").write_text(render_markdown(rec))
-    plot(rec, out / "digits_bench.png")
-    return rec
+def _model_digest(model_dir: Path = MODEL) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for f in sorted(model_dir.glob("*")):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def reference_key(args: argparse.Namespace) -> dict:
+    """What a saved reference must have been made with to be reused."""
+    return dict(model=_model_digest(), seed=args.seed, n=args.n, ref_m=args.ref_m,
+                ref_check_m=args.ref_check_m, n_ref_check=args.n_ref_check,
+                ode="spline-t-v1", torch=torch.__version__)
+
+
+def save_reference(path: Path, ref: np.ndarray, info: dict, key: dict) -> None:
+    np.savez_compressed(path, ref=ref, info=json.dumps(info), key=json.dumps(key))
+
+
+def load_reference(path: Path, key: dict) -> tuple[np.ndarray, dict] | None:
+    """``(ref, info)`` from ``path`` if its key matches ``key`` (else None, with a note)."""
+    try:
+        z = np.load(path)
+        saved = json.loads(str(z["key"]))
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"reference not loaded ({exc}); recomputing", flush=True)
+        return None
+    if saved != key:
+        diff = {k: (saved.get(k), v) for k, v in key.items() if saved.get(k) != v}
+        print(f"reference at {path} was made differently {diff}; recomputing", flush=True)
+        return None
+    info = json.loads(str(z["info"]))
+    info["loaded_from"] = str(path)
+    return z["ref"], info
+
+
+def _reference_from(res: dict, args: argparse.Namespace, ode: DigitsODE
+                    ) -> tuple[np.ndarray, dict]:
+    """The reference from the 'ref' jobs' results, and its self-convergence figures."""
+    ref_jobs = sorted((j for j in res if j.kind == "ref" and j.tag != "check"),
+                      key=lambda j: j.lo)
+    ref = np.concatenate([res[j]["x0"] for j in ref_jobs])
+    check_job = next(j for j in res if j.kind == "ref" and j.tag == "check")
+    diff = per_sample_error(res[check_job]["x0"], ref[: args.n_ref_check])
+    info = dict(
+        method="classical RK4 in log σ̄, nodes on every m-th training timestep, "
+               "then 4 RK4 steps in σ̄ to 0",
+        m=args.ref_m, steps=len(reference_nodes(ode, args.ref_m)) - 1 + 4,
+        nfe=res[ref_jobs[0]]["nfe"], check_m=args.ref_check_m,
+        check_steps=len(reference_nodes(ode, args.ref_check_m)) - 1 + 4,
+        check_nfe=res[check_job]["nfe"], n_check=args.n_ref_check,
+        selfconv_rms=float(np.sqrt(np.mean(diff**2))), selfconv_max=float(diff.max()),
+        wall_s=sum(res[j]["wall"] for j in ref_jobs) + res[check_job]["wall"])
+    return ref, info
+
+
+def per_sample_error(x0: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """RMS over pixels of each sample (inf where the sample is not finite)."""
+    d = (x0 - ref).reshape(len(x0), -1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = np.sqrt(np.mean(d**2, axis=1))
+    return np.where(np.isfinite(e), e, np.inf)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark and write its table, JSON, plot and sample grids; return the record."""
+    """Run the benchmark; write tables, JSON and plots; return the record."""
     args = parse_args(argv)
-    if args.merge:
-        return merge(args.merge, Path(args.out))
-    torch.set_num_threads(args.threads)
-    t_start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    dm = DigitsModel()
+    if args.from_json:
+        record = json.loads(Path(args.from_json).read_text())
+        write_report(record, out)
+        return record
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    settings = dict(seed=args.seed, n=args.n, samplers=args.samplers, n_rt=args.n_rt,
+                    model_dir=str(MODEL), default_row=not args.no_default_row,
+                    threads=args.threads)
+    _init(settings)
+    ode: DigitsODE = _STATE["ode"]
+    specs = [_STATE["specs"][nm] for nm in _STATE["order"]]
+    print(f"samplers: {[s.name for s in specs]}; default row: {_STATE['default_note']}",
+          flush=True)
+    n, npl, seed = args.n, args.n_pilot, args.seed
+
+    # ---- phase 1: reference, tables (trailing), sweep, pilot, seeds, round trips
+    jobs: list[Job] = []
+    ref_key = reference_key(args)
+    loaded = load_reference(args.load_reference, ref_key) if args.load_reference else None
+    if loaded is None:
+        for lo in range(0, n, args.ref_chunk):
+            jobs.append(Job("ref", lo=lo, hi=min(n, lo + args.ref_chunk), seed=seed,
+                            m=args.ref_m))
+        jobs.append(Job("ref", lo=0, hi=args.n_ref_check, seed=seed, m=args.ref_check_m,
+                        tag="check"))
+    else:
+        print(f"reference loaded from {args.load_reference}", flush=True)
+    full_budgets = sorted(set(args.budgets))
+    for s in specs:
+        for b in full_budgets:
+            jobs.append(Job("sample", s.name, "trailing", b, 0, n, seed))
+        for b in sorted(set(args.sweep) - set(full_budgets)):
+            jobs.append(Job("sample", s.name, "trailing", b, 0, npl, seed))
+        if s.grid_fn is None:
+            for fam in args.families:
+                if fam == "trailing" and args.pilot_budget in full_budgets:
+                    continue
+                if fam == "trailing" and args.pilot_budget in args.sweep:
+                    continue
+                jobs.append(Job("sample", s.name, fam, args.pilot_budget, 0, npl, seed))
+        if s.exact_or_ddim:
+            for b in full_budgets:
+                for dt in ("fp64", "fp32"):
+                    jobs.append(Job("rt", s.name, "trailing", b, dtype=dt,
+                                    hi=args.n_rt))
+    b_seed = 20 if 20 in full_budgets else full_budgets[0]
+    for s in specs:
+        if s.name in ("O-BELM", "DDIM"):
+            for extra in range(1, args.extra_seeds + 1):
+                jobs.append(Job("sample", s.name, "trailing", b_seed, 0, n,
+                                seed + 1000 * extra, tag="seed"))
+    print(f"phase 1: {len(jobs)} jobs, ~{sum(j.cost() for j in jobs) / 1e6:.2f} M sample-NFE, "
+          f"on {args.jobs} process(es)", flush=True)
+    with Runner(args.jobs, settings) as runner:
+        res = runner.run(jobs, "phase 1")
+        if loaded is None:
+            ref, ref_info = _reference_from(res, args, ode)
+            save_reference(out / "digits_bench.reference.npz", ref, ref_info, ref_key)
+        else:
+            ref, ref_info = loaded
+        print(f"reference: RK4 log σ̄ m={args.ref_m} ({ref_info['nfe']} NFE) vs "
+              f"m={args.ref_check_m} on {args.n_ref_check}: RMS {ref_info['selfconv_rms']:.2e}, "
+              f"worst sample {ref_info['selfconv_max']:.2e}", flush=True)
+
+        idx_full = S.resample_index(n, args.boot, seed)
+        idx_pilot = S.resample_index(npl, args.boot, seed + 1)
+
+        def stats_of(j: Job, r: dict, m: int) -> dict:
+            row = dict(sampler=j.sampler, family=j.family, budget=j.budget, steps=r.get("steps"))
+            if r.get("steps") is None:
+                return row
+            err = per_sample_error(r["x0"][:m], ref[:m])
+            row.update(S.summarise_errors(err, idx_full if m == n else idx_pilot),
+                       nfe=r["nfe"], wall_s=r["wall"], note=r.get("note", ""))
+            return row
+
+        sample_res = {(j.sampler, j.family, j.budget, j.hi, j.seed): r for j, r in res.items()
+                      if j.kind == "sample"}
+
+        def lookup(nm: str, fam: str, b: int, m: int) -> tuple[Job, dict] | None:
+            for hi in (n, npl):
+                r = sample_res.get((nm, fam, b, hi, seed))
+                if r is not None and hi >= m:
+                    return Job("sample", nm, fam, b, 0, hi, seed), r
+            return None
+
+        table = [stats_of(*lookup(s.name, "trailing", b, n), n)
+                 for s in specs for b in full_budgets]
+        sweep = [stats_of(*lookup(s.name, "trailing", b, npl), npl)
+                 for s in specs for b in sorted(set(args.sweep))]
+        pilot = [stats_of(*lookup(s.name, f, args.pilot_budget, npl), npl)
+                 for s in specs if s.grid_fn is None for f in args.families]
+        best = {}
+        for s in specs:
+            rows = [r for r in pilot if r["sampler"] == s.name and r.get("steps")]
+            best[s.name] = min(rows, key=lambda r: r["median"])["family"] if rows else "own grid"
+        print("best grid per sampler (pilot): " + ", ".join(f"{k}: {v}" for k, v in best.items()),
+              flush=True)
+
+        # ---- phase 2: best grids on the full set
+        jobs2 = [Job("sample", s.name, best[s.name], b, 0, n, seed) for s in specs
+                 if best[s.name] not in ("trailing", "own grid") for b in full_budgets]
+        res2 = runner.run(jobs2, "phase 2") if jobs2 else {}
+    for j, r in res2.items():
+        sample_res[(j.sampler, j.family, j.budget, j.hi, j.seed)] = r
+    best_rows = [stats_of(*lookup(s.name, best[s.name] if best[s.name] != "own grid"
+                                  else "trailing", b, n), n)
+                 for s in specs for b in full_budgets]
+
+    # ---- Fréchet distances (trailing, full set) and the seed spread
     clf = load_classifier(DEFAULT_CLASSIFIER_PATH)
-    specs = S.make_specs(names=args.samplers)
     x_test, _ = load_digits_split("test")
     x_train, _ = load_digits_split("train")
     f_test = features(clf, x_test)
-    shape = (1, 8, 8)
-    gen = torch.Generator().manual_seed(args.seed)
-    x_T = torch.randn((args.n_fd, *shape), generator=gen, dtype=torch.float64)
-    n_err = min(args.n_err, args.n_fd)
-
-    # reference ODE solution and its self-convergence
-    ref_spec = S.SamplerSpec("O-BELM", "lm", L.obelm())
-    t0 = time.time()
-    ref, _ = sample_chunked(dm, ref_spec, args.ref_steps, x_T[:n_err], args.chunk)
-    ref_check = reference_check(dm, x_T[: min(16, n_err)], ref[: min(16, n_err)],
-                                args.ref_steps)
-    ref_selfconv = max(ref_check.values())
-    print(f"reference: O-BELM {args.ref_steps} steps; cross-checks (RMS) {ref_check} "
-          f"({time.time() - t0:.0f} s)", flush=True)
-
-    # floor of the Fréchet distance: real training digits vs the held-out digits
-    rng = np.random.default_rng(args.seed)
-    idx = rng.choice(len(x_train), size=min(args.n_fd, len(x_train)), replace=False)
-    fd_floor = frechet(features(clf, x_train[idx]), f_test)
-
-    rows = []
-    for spec in specs:
-        for b in args.budgets:
-            n = S.steps_for_budget(spec, b)
-            if n is None:
-                rows.append(dict(sampler=spec.name, budget=b, steps=None))
-                continue
-            t0 = time.time()
-            x0, nfe = sample_chunked(dm, spec, n, x_T, args.chunk)
-            wall = time.time() - t0
-            err = float((x0[:n_err] - ref).pow(2).mean().sqrt())
-            f_gen = features(clf, x0)
-            fd = frechet(f_gen, f_test)
-            fd_sd = bootstrap_sd(f_gen, f_test, args.bootstrap, args.seed) if args.bootstrap > 1 \
-                else float("nan")
-            rows.append(dict(sampler=spec.name, budget=b, steps=n, nfe=nfe, err=err, fd=fd,
-                             fd_boot_sd=fd_sd, ms_per_sample=1e3 * wall / args.n_fd))
-            print(f"{spec.name:18s} NFE {nfe:4d} (steps {n:3d}): err {err:.2e}  FD {fd:.3f} "
-                  f"± {fd_sd:.3f}  {wall:.1f} s", flush=True)
-            if b == 20 or (b == args.budgets[0] and 20 not in args.budgets):
-                save_image_grid(x0[:64].float(), out / f"digits_samples_{_slug(spec.name)}.png",
-                                title=f"{spec.name}, NFE {nfe}")
-
-    # run-to-run spread over noise seeds at one setting
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(x_train), size=min(n, len(x_train)), replace=False)
+    fd_floor = frechet(features(clf, x_train[pick]), f_test)
+    for row in table:
+        if row.get("steps") is None:
+            continue
+        x0 = torch.from_numpy(sample_res[(row["sampler"], "trailing", row["budget"], n, seed)]
+                              ["x0"])
+        if not torch.isfinite(x0).all():
+            row.update(fd=float("nan"), fd_sd=float("nan"))
+            continue
+        fg = features(clf, x0)
+        row.update(fd=frechet(fg, f_test), fd_sd=bootstrap_sd(fg, f_test, args.fd_boot, seed))
+        if row["budget"] == b_seed:
+            save_image_grid(x0[:64].float(), out / f"digits_samples_{_slug(row['sampler'])}.png",
+                            title=f"{row['sampler']}, NFE {row['nfe']}")
     seed_rows = []
-    b_seed = 20 if 20 in args.budgets else args.budgets[0]
-    for spec in [s for s in specs if s.name in ("O-BELM", "DDIM")]:
-        n = S.steps_for_budget(spec, b_seed)
-        fds = [next(r["fd"] for r in rows if r["sampler"] == spec.name and r["budget"] == b_seed)]
+    for s in specs:
+        if s.name not in ("O-BELM", "DDIM"):
+            continue
+        fds = [next(r["fd"] for r in table if r["sampler"] == s.name and r["budget"] == b_seed)]
         for extra in range(1, args.extra_seeds + 1):
-            g = torch.Generator().manual_seed(args.seed + 1000 * extra)
-            xt = torch.randn((args.n_fd, *shape), generator=g, dtype=torch.float64)
-            x0, _ = sample_chunked(dm, spec, n, xt, args.chunk)
+            x0 = torch.from_numpy(sample_res[(s.name, "trailing", b_seed, n,
+                                              seed + 1000 * extra)]["x0"])
             fds.append(frechet(features(clf, x0), f_test))
-        seed_rows.append(dict(sampler=spec.name, budget=b_seed, fds=fds,
+        seed_rows.append(dict(sampler=s.name, budget=b_seed, fds=fds,
                               sd=float(np.std(fds, ddof=1)) if len(fds) > 1 else float("nan")))
-        print(f"seed spread {spec.name} NFE {b_seed}: {fds}", flush=True)
 
-    # round trips on held-out digits
-    x_rt = x_test[: args.n_rt].double()
     rt_rows = []
-    for spec in [s for s in specs if s.kind != "dpm"]:
-        for b in args.budgets:
-            n = S.steps_for_budget(spec, b)
-            if n is None:
-                continue
-            grid, _ = dm.grid_eps(n)
-            row = dict(sampler=spec.name + (" (DDIM inversion)" if not spec.invertible else ""),
-                       budget=b, steps=n, amplification=float(L.amplification(spec.method, grid))
-                       if spec.invertible else 1.0)
-            for tag, dt in (("fp64", torch.float64), ("fp32", torch.float32)):
-                t0 = time.time()
-                try:
-                    rms, mx = round_trip(dm, spec, n, x_rt, dt)
-                    row[tag] = rms
-                    row[tag + "_max"] = mx
-                except (ValueError, FloatingPointError) as exc:
-                    row[tag] = float("nan")
-                    row[tag + "_note"] = str(exc).split(";")[0][:80]
-                row[tag + "_s"] = time.time() - t0
-            rt_rows.append(row)
-            print(f"round trip {row['sampler']:28s} steps {n:3d}: fp64 {row['fp64']:.2e}  "
-                  f"fp32 {row['fp32']:.2e}", flush=True)
+    for j, r in sorted(((j, r) for j, r in res.items() if j.kind == "rt"),
+                       key=lambda jr: (_STATE["order"].index(jr[0].sampler), jr[0].budget,
+                                       jr[0].dtype)):
+        if r.get("steps") is not None:
+            rt_rows.append(dict(sampler=j.sampler, budget=j.budget, dtype=j.dtype, **r))
 
-    record = dict(config=vars(args) | {"out": str(args.out)}, ref_selfconv=ref_selfconv,
-                  ref_check=ref_check,
-                  ref_steps=args.ref_steps, fd_floor=fd_floor, rows=rows, seed_rows=seed_rows,
-                  rt_rows=rt_rows, n_test=len(x_test), elapsed_s=time.time() - t_start,
-                  belm_ks=S.available_belm_ks())
-    (out / "digits_bench.json").write_text(json.dumps(record, indent=1, default=str))
-    (out / "digits_bench.md").write_text(render_markdown(record))
-    plot(record, out / "digits_bench.png")
+    # ---- the peers against their published forms (trailing, a few samples)
+    x_chk = _noise(seed)[: args.n_peer_check]
+    peer_check = S.check_peers(ode, x_chk / float(vp_alpha(ode.sbar_table[-1])),
+                               ode.sbar_table, steps=tuple(full_budgets[:3]))
+
+    record = dict(config=vars(args) | {"out": str(args.out)}, ref=ref_info, fd_floor=fd_floor,
+                  table=table, best=best, best_rows=best_rows, pilot=pilot, sweep=sweep,
+                  seed_rows=seed_rows, rt_rows=rt_rows, peer_check=peer_check,
+                  default_note=_STATE["default_note"], families=S.GRID_FAMILY_DOC,
+                  belm_ks=S.available_belm_ks(), n_test=len(x_test),
+                  samplers=_STATE["order"], elapsed_s=time.time() - t_start,
+                  cpu_s=_cpu_seconds())
+    if args.merge_into:
+        record = merge_records(json.loads(Path(args.merge_into).read_text()),
+                               json.loads(json.dumps(record, default=_json)))
+    (out / "digits_bench.json").write_text(json.dumps(record, indent=1, default=_json))
+    write_report(record, out)
     print(f"wrote {out / 'digits_bench.md'} in {record['elapsed_s']:.0f} s")
     return record
+
+
+#: settings two records must share to be merged
+MERGE_KEYS = ("seed", "n", "n_pilot", "budgets", "sweep", "families", "pilot_budget", "ref_m",
+              "ref_check_m", "n_ref_check", "n_rt", "boot")
+
+
+def merge_records(base: dict, new: dict) -> dict:
+    """``base`` with the rows of ``new``'s samplers replaced or added (table order kept)."""
+    diff = {k: (base["config"][k], new["config"][k]) for k in MERGE_KEYS
+            if base["config"][k] != new["config"][k]}
+    if diff:
+        raise ValueError(f"cannot merge records made with different settings: {diff}")
+    names = set(new["samplers"])
+    order = list(dict.fromkeys([*base["samplers"], *new["samplers"]]))
+    rank = {nm: i for i, nm in enumerate(S.canonical_order(order))}
+    out = dict(base)
+    for key in ("table", "sweep", "pilot", "best_rows", "rt_rows"):
+        rows = [r for r in base[key] if r["sampler"] not in names] + new[key]
+        out[key] = sorted(rows, key=lambda r: rank[r["sampler"]])
+    out["best"] = {nm: (new["best"] | base["best"]).get(nm) if nm not in names
+                   else new["best"][nm] for nm in sorted(rank, key=rank.get)}
+    out["samplers"] = sorted(order, key=rank.get)
+    out["default_note"] = new["default_note"]
+    out["peer_check"] = new["peer_check"]
+    out["elapsed_s"] = base["elapsed_s"] + new["elapsed_s"]
+    out["merged"] = [*base.get("merged", []), f"{sorted(names)} from a later run "
+                     f"({new['elapsed_s'] / 60:.1f} min)"]
+    return out
+
+
+def write_report(record: dict, out: Path) -> None:
+    """``digits_bench.md``, ``digits_bench.png`` and ``digits_convergence.png``."""
+    (out / "digits_bench.md").write_text(render_markdown(record))
+    plot_table(record, out / "digits_bench.png")
+    S.plot_convergence(record["sweep"], out / "digits_convergence.png",
+                       labels=own_grid_labels(record),
+                       title="digits DDPM, trailing grid: per-sample RMS error vs the RK4 "
+                             "reference (median, 95 % bootstrap band, "
+                             f"{record['config']['n_pilot']} samples)")
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished workers."""
+    import resource
+
+    own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF,
+                                                  resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _json(o: Any) -> Any:
+    if isinstance(o, Job):
+        return asdict(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
 
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
 
-def _f(v, fmt=".2e") -> str:
-    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
+# ------------------------------------------------------------------ reporting
+def _f(v: Any, fmt: str = ".2e") -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "—"
+    if isinstance(v, float) and np.isinf(v):
+        return "diverged"
+    return format(v, fmt)
+
+
+def cell(r: dict | None, key: str = "median", bold: bool = False) -> str:
+    """``value [lo, hi]`` of a stats row (— when the budget does not fit the sampler)."""
+    if r is None or r.get("steps") is None:
+        return "—"
+    v = _f(r[key])
+    v = f"**{v}**" if bold else v
+    return f"{v} [{_f(r[key + '_lo'])}, {_f(r[key + '_hi'])}]"
+
+
+def stats_table(rows: list[dict], budgets: list[int], key: str = "median",
+                label: dict[str, str] | None = None) -> str:
+    names = list(dict.fromkeys(r["sampler"] for r in rows))
+    by = {(r["sampler"], r["budget"]): r for r in rows}
+    best = {b: min((by[(nm, b)][key] for nm in names if by[(nm, b)].get("steps")),
+                   default=None) for b in budgets}
+    return markdown_table(
+        ["sampler", *(f"NFE {b}" for b in budgets)],
+        ([(label or {}).get(nm, nm),
+          *(cell(by.get((nm, b)), key, bold=by.get((nm, b), {}).get(key) == best[b])
+            for b in budgets)] for nm in names))
+
+
+def own_grid_labels(rec: dict) -> dict[str, str]:
+    """Row labels that say which samplers bring their own grid (the default row)."""
+    return {nm: f"{nm} (own grid)" for nm, fam in rec["best"].items() if fam == "own grid"}
 
 
 def render_markdown(rec: dict) -> str:
     """The markdown report of :func:`main`'s record."""
-    cfg = rec["config"]
-    budgets = cfg["budgets"]
-    names = list(dict.fromkeys(r["sampler"] for r in rec["rows"]))
-    by = {(r["sampler"], r["budget"]): r for r in rec["rows"]}
+    cfg, ref = rec["config"], rec["ref"]
+    budgets = sorted(set(cfg["budgets"]))
+    own = own_grid_labels(rec)
+    n, npl = cfg["n"], cfg["n_pilot"]
     lines = [
-        "# Digits DDPM: samplers at equal NFE",
+        "# Digits DDPM: samplers at equal NFE against a self-converged reference",
         "",
-        f"Model `models/digits_ddpm` (ε-prediction, linear β, 1000 steps), grid of "
-        f"DPM-Solver++ (trailing, final σ = 0). {cfg['n_fd']} samples per cell from the same "
-        f"noise (seed {cfg['seed']}); float64 solver state, fp32 network.",
+        f"Model `models/digits_ddpm` (ε-prediction, linear β, 1000 steps). {n} seeded noises "
+        f"(seed {cfg['seed']}), float64 solver state, fp32 network, every sampler fed the "
+        "same ε (timestep of σ̄: exact on the training table, cubic spline in log σ̄ between).",
         "",
-        f"**ODE error**: RMS pixel error (images in [-1, 1]) of the first "
-        f"{min(cfg['n_err'], cfg['n_fd'])} samples against O-BELM with {rec['ref_steps']} "
-        "steps (every training timestep). Its accuracy, checked on 16 of them against "
-        "independent solvers of the same ODE: "
-        + ", ".join(f"{k}: {v:.1e}" for k, v in rec.get("ref_check", {}).items())
-        + f". Errors below ~{2 * rec['ref_selfconv']:.0e} are therefore not resolved.",
+        f"**Reference**: {ref['method']}; m = {ref['m']} ({ref['steps']} steps, {ref['nfe']} "
+        f"NFE) on all samples. Self-convergence against m = {ref['check_m']} "
+        f"({ref['check_steps']} steps, {ref['check_nfe']} NFE) on {ref['n_check']} samples: "
+        f"RMS difference **{ref['selfconv_rms']:.1e}**, worst sample {ref['selfconv_max']:.1e}."
+        + (" (Reference reused from an earlier run with the same model, noise and settings: "
+           f"`{Path(ref['loaded_from']).name}`.)" if ref.get("loaded_from") else ""),
+        "",
+        f"**Error** of a sample: RMS over its pixels (images in [−1, 1]) against the reference. "
+        f"Cells: median over the {n} samples [95 % percentile-bootstrap interval, "
+        f"{cfg['boot']} resamples, seed {cfg['seed']}]; best median per column in bold. "
+        "'diverged': the run blew up (non-finite).",
+        "",
+        "## Trailing grid (diffusers' spacing, final σ = 0): median per-sample error",
+        "",
+        stats_table(rec["table"], budgets, label=own),
+        "",
+        "RMS over samples of the per-sample error [95 % interval]:",
+        "",
+        stats_table(rec["table"], budgets, key="rms", label=own),
+        "",
+        "Steps at each budget (counted NFE):",
+        "",
+        markdown_table(["sampler", *(f"NFE {b}" for b in budgets)], (
+            [nm, *(_steps_cell(rec["table"], nm, b) for b in budgets)]
+            for nm in dict.fromkeys(r["sampler"] for r in rec["table"]))),
+        "",
+        f"## Best grid per sampler (pilot: median at NFE {cfg['pilot_budget']} on the first "
+        f"{npl} samples)",
+        "",
+        "Grid family (all from σ̄(t = 999) to σ̄ = 0):",
+        "",
+        *[f"- `{k}`: {v}" for k, v in rec["families"].items() if k in cfg["families"]],
         "",
     ]
-    nfe_head = ["sampler", *(f"NFE {b}" for b in budgets)]
-    lines.append(markdown_table(
-        ["sampler", *(f"NFE {b}: steps" for b in budgets)],
-        ([nm, *("—" if by[(nm, b)].get("steps") is None else
-                f"{by[(nm, b)]['steps']} (NFE {by[(nm, b)]['nfe']})" for b in budgets)]
-         for nm in names)))
-    best = {b: min((by[(m, b)]["err"] for m in names if by[(m, b)].get("steps")),
-                   default=None) for b in budgets}
-
-    def err_cell(r: dict) -> str:
-        s = _f(r.get("err"))
-        return f"**{s}**" if r.get("err") is not None and r.get("err") == best[r["budget"]] else s
-
-    lines += ["", "ODE error (RMS vs reference):", "",
-              markdown_table(nfe_head, ([nm, *(err_cell(by[(nm, b)]) for b in budgets)]
-                                        for nm in names))]
-    lines += ["", f"Fréchet distance to the {rec['n_test']} held-out digits (classifier features; "
-              f"± bootstrap s.d. over the generated samples; real training digits score "
-              f"**{rec['fd_floor']:.3f}**, the floor at this sample size):", "",
-              markdown_table(nfe_head, (
-                  [nm, *("—" if by[(nm, b)].get("fd") is None else
-                         f"{by[(nm, b)]['fd']:.3f} ± {by[(nm, b)]['fd_boot_sd']:.3f}"
-                         for b in budgets)] for nm in names))]
-    if rec["seed_rows"]:
-        lines += ["", "Run-to-run spread over noise seeds (same sampler and NFE, new noise):", ""]
-        for s in rec["seed_rows"]:
-            lines.append(f"- {s['sampler']} at NFE {s['budget']}: FD "
-                         + ", ".join(f"{v:.3f}" for v in s["fds"]) + f" (s.d. {s['sd']:.3f})")
-    lines += ["", "Wall time, ms per sample (batched, shared 2-core CPU, ±30 %):", "",
-              markdown_table(nfe_head, (
-                  [nm, *(_f(by[(nm, b)].get("ms_per_sample"), ".2f") for b in budgets)]
-                  for nm in names))]
+    fams = cfg["families"]
+    by_p = {(r["sampler"], r["family"]): r for r in rec["pilot"]}
+    p_names = list(dict.fromkeys(r["sampler"] for r in rec["pilot"]))
+    lines.append(markdown_table(["sampler", *fams], (
+        [nm, *((lambda r: "—" if r is None or r.get("steps") is None else
+                (f"**{_f(r['median'])}**" if rec["best"][nm] == f else _f(r["median"])))(
+            by_p.get((nm, f))) for f in fams)] for nm in p_names)))
+    label = {nm: f"{nm} ({fam})" for nm, fam in rec["best"].items()}
+    lines += ["", f"Each sampler on its best family, full set of {n} samples: median "
+              "[95 % interval]", "", stats_table(rec["best_rows"], budgets, label=label), ""]
+    lines += [f"## Fréchet distance (trailing grid, {n} samples)", "",
+              f"To the {rec['n_test']} held-out digits in the classifier's 64-d features "
+              f"(± bootstrap s.d. over generated samples); real training digits score "
+              f"**{rec['fd_floor']:.3f}** (the floor at this sample size).", "",
+              markdown_table(["sampler", *(f"NFE {b}" for b in budgets)], (
+                  [nm, *(_fd_cell(rec["table"], nm, b) for b in budgets)]
+                  for nm in dict.fromkeys(r["sampler"] for r in rec["table"])))]
+    for s in rec["seed_rows"]:
+        lines.append(f"\nRun-to-run spread, {s['sampler']} at NFE {s['budget']} over noise "
+                     "seeds: FD " + ", ".join(f"{v:.3f}" for v in s["fds"])
+                     + f" (s.d. {s['sd']:.3f}).")
+    lines += ["", f"## Round trip `sample(invert(x_0))` on {cfg['n_rt']} held-out digits", "",
+              "RMS error with a float64 state (fp32 network) / all float32; backward "
+              "amplification of the parasitic modes (`lmsolvers.amplification`) in brackets. "
+              "DDIM: the classic approximate inversion.", ""]
+    rt = {(r["sampler"], r["budget"], r["dtype"]): r for r in rec["rt_rows"]}
     rt_names = list(dict.fromkeys(r["sampler"] for r in rec["rt_rows"]))
-    rtb = {(r["sampler"], r["budget"]): r for r in rec["rt_rows"]}
-    lines += ["", f"Round trip `sample(invert(x_0))` on {cfg['n_rt']} held-out digits: RMS "
-              "error, float64 state (fp32 network) / all float32; backward amplification "
-              "of the parasitic modes on the grid in brackets:", ""]
 
-    def rt_cell(r: dict | None) -> str:
-        if r is None:
+    def rt_cell(nm: str, b: int) -> str:
+        a, c = rt.get((nm, b, "fp64")), rt.get((nm, b, "fp32"))
+        if a is None:
             return "—"
-        amp = f" [{r['amplification']:.0e}]" if r["amplification"] > 1 else ""
-        return f"{_f(r['fp64'])} / {_f(r['fp32'])}{amp}"
+        amp = f" [{a['amplification']:.0e}]" if a["amplification"] > 1 else ""
+        return f"{_f(a['rms'], '.1e')} / {_f(c['rms'] if c else None, '.1e')}{amp}"
 
-    lines.append(markdown_table(nfe_head, ([nm, *(rt_cell(rtb.get((nm, b))) for b in budgets)]
-                                           for nm in rt_names)))
-    notes = [f"- {r['sampler']} NFE {r['budget']} {t}: {r[t + '_note']}"
-             for r in rec["rt_rows"] for t in ("fp64", "fp32") if t + "_note" in r]
+    lines.append(markdown_table(["sampler", *(f"NFE {b}" for b in budgets)],
+                                ([nm, *(rt_cell(nm, b) for b in budgets)] for nm in rt_names)))
+    notes = [f"- {r['sampler']} NFE {r['budget']} {r['dtype']}: {r['note']}"
+             for r in rec["rt_rows"] if r.get("note")]
     if notes:
-        lines += ["", "Failed round trips (— above):", *notes]
-    lines += ["", f"Designed BELMs available: {rec['belm_ks'] or 'none (lmsolvers.belm absent)'}."
-              f" Run time {rec['elapsed_s'] / 60:.1f} min. Regenerate: "
+        lines += ["", "Failed round trips:", *notes]
+    lines += ["", "## Peers against their published algorithms", "",
+              f"Max |diffusers − independent float64 transcription| of x_0 on "
+              f"{cfg['n_peer_check']} samples (trailing grid), and the effect of giving the "
+              "scheduler the benchmark's float64 nodes instead of its own float32 sigmas:", ""]
+    pc = rec["peer_check"]
+    steps = sorted({int(k.rsplit("_", 1)[1]) for v in pc.values() for k in v
+                    if k.startswith("vs_published_")})
+    lines.append(markdown_table(
+        ["peer", "config", *(f"vs published, N={s}" for s in steps),
+         *(f"own vs float64 sigmas, N={s}" for s in steps)],
+        ([nm, ", ".join(f"{k}={v}" for k, v in row["config"].items()),
+          *(f"{row[f'vs_published_{s}']:.1e}" for s in steps),
+          *(f"{row[f'native_sigmas_{s}']:.1e}" for s in steps)] for nm, row in pc.items())))
+    if rec.get("merged"):
+        lines += ["", "Rows added later with the same settings and reference: "
+                  + "; ".join(rec["merged"]) + "."]
+    lines += ["", f"Default configuration: {rec['default_note']}.",
+              f"Designed BELMs available: {rec['belm_ks'] or 'none'}. "
+              f"Run time {rec['elapsed_s'] / 60:.1f} min ({cfg['jobs']} process(es)"
+              + (f", {rec['cpu_s'] / 60:.0f} CPU-min" if rec.get("cpu_s") else "")
+              + "); the reference's jobs took "
+              f"{ref['wall_s'] / 60:.1f} worker-min. Regenerate: "
               "`.venv/bin/python -m benchmarks.digits_bench` (or `make bench`).", ""]
     return "\n".join(lines)
 
 
-def plot(rec: dict, path: Path) -> None:
-    """ODE error and Fréchet distance against NFE, one line per sampler."""
+def _steps_cell(rows: list[dict], nm: str, b: int) -> str:
+    r = next((r for r in rows if r["sampler"] == nm and r["budget"] == b), None)
+    return "—" if r is None or r.get("steps") is None else f"{r['steps']} ({r['nfe']})"
+
+
+def _fd_cell(rows: list[dict], nm: str, b: int) -> str:
+    r = next((r for r in rows if r["sampler"] == nm and r["budget"] == b), None)
+    if r is None or r.get("fd") is None or np.isnan(r["fd"]):
+        return "—"
+    return f"{r['fd']:.3f} ± {r['fd_sd']:.3f}"
+
+
+def plot_table(rec: dict, path: Path) -> None:
+    """Median error (with 95 % intervals) against NFE: trailing grid and best grid."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    names = list(dict.fromkeys(r["sampler"] for r in rec["rows"]))
-    for nm in names:
-        rs = [r for r in rec["rows"] if r["sampler"] == nm and r.get("steps")]
-        nfe = [r["nfe"] for r in rs]
-        axes[0].loglog(nfe, [r["err"] for r in rs], "o-", label=nm)
-        axes[1].errorbar(nfe, [r["fd"] for r in rs], yerr=[r["fd_boot_sd"] for r in rs],
-                         fmt="o-", capsize=2, label=nm)
-    axes[0].set(xlabel="NFE", ylabel="RMS error vs reference ODE solution",
-                title="digits DDPM: ODE error")
-    axes[1].axhline(rec["fd_floor"], color="k", ls=":", label="real train digits")
-    axes[1].set(xscale="log", yscale="log", xlabel="NFE", ylabel="Fréchet distance (features)",
-                title="digits DDPM: Fréchet distance to held-out digits")
-    for ax in axes:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, rows, title in ((axes[0], rec["table"], "trailing grid"),
+                            (axes[1], rec["best_rows"], "best grid of the family")):
+        for i, nm in enumerate(dict.fromkeys(r["sampler"] for r in rows)):
+            rs = S.finite_rows(rows, nm)
+            if not rs:
+                continue
+            nfe = np.array([r["nfe"] for r in rs], dtype=float) * (1 + 0.012 * (i - 6))
+            med = np.array([r["median"] for r in rs])
+            err = np.array([med - [r["median_lo"] for r in rs],
+                            np.array([r["median_hi"] for r in rs]) - med])
+            lab = own_grid_labels(rec).get(nm, nm) if rows is rec["table"] \
+                else f"{nm} ({rec['best'][nm]})"
+            ax.errorbar(nfe, med, yerr=np.clip(err, 0, None), fmt="o", ms=3, capsize=2,
+                        label=lab, color=f"C{i % 10}", ls="-" if i < 10 else "--")
+        ax.set(xscale="log", yscale="log", xlabel="NFE", title=f"digits DDPM, {title}")
+        S.nfe_ticks(ax)
+        budgets = rec["config"]["budgets"]
+        ax.set_xlim(0.85 * min(budgets), 1.15 * max(budgets))
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * 300)  # room for the legend above the curves
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7)
+        ax.legend(fontsize=6, ncol=3, loc="upper center")
+    axes[0].set_ylabel(f"median per-sample RMS error ({rec['config']['n']} samples)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 if __name__ == "__main__":
-    main()
+    # run as the package module, so that worker processes and this one share its state
+    importlib.import_module("benchmarks.digits_bench").main()

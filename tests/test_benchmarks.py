@@ -6,54 +6,184 @@ pytest puts the checkout root on the path (``pythonpath`` in pyproject.toml).
 
 from __future__ import annotations
 
-import math
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_toy_convergence_reduced(tmp_path):
+def test_toy_convergence_quick(tmp_path):
     from benchmarks import toy_convergence
 
-    rec = toy_convergence.main(["--out", str(tmp_path), "--budgets", "10", "40",
-                                "--n-points", "16"])
+    rec = toy_convergence.main(["--quick", "--out", str(tmp_path)])
     for f in ("toy_convergence.md", "toy_convergence.png", "toy_convergence.json"):
         assert (tmp_path / f).stat().st_size > 0
     by = {(r["sampler"], r["budget"]): r for r in rec["rows"]}
     names = {r["sampler"] for r in rec["rows"]}
-    assert {"DDIM", "BDIA(0.5)", "BDIA(1)", "EDICT(0.93)", "O-BELM",
-            "DPM-Solver++(2M)"} <= names
+    assert {"DDIM", "BDIA(0.5)", "BDIA(1)", "O-BELM", "EDICT(0.93)", "EDICT(0.93, alt)",
+            "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-3 (bh2)"} <= names
     assert by[("EDICT(0.93)", 40)]["nfe"] == 40 and by[("EDICT(0.93)", 40)]["steps"] == 20
-    for nm in ("DDIM", "O-BELM", "DPM-Solver++(2M)"):
-        assert by[(nm, 40)]["nfe"] == 40
-        assert by[(nm, 40)]["err"] < by[(nm, 10)]["err"]  # converging
-    assert by[("O-BELM", 40)]["err"] < by[("DDIM", 40)]["err"]
-    assert "| O-BELM |" in (tmp_path / "toy_convergence.md").read_text()
+    for nm in ("DDIM", "O-BELM", "DPM-Solver++(2M)", "UniPC-3 (bh2)"):
+        r10, r40 = by[(nm, 10)], by[(nm, 40)]
+        assert r40["nfe"] == 40
+        assert r40["median"] < r10["median"]  # converging
+        assert r40["median_lo"] <= r40["median"] <= r40["median_hi"]
+        assert r40["rms_lo"] <= r40["rms"] <= r40["rms_hi"]
+    assert by[("O-BELM", 40)]["median"] < by[("DDIM", 40)]["median"]
+    # the diffusers peers are the published algorithms (DPM-Solver++ computes in float32)
+    pc = rec["peer_check"]
+    assert all(v < 1e-5 for k, v in pc["DPM-Solver++(2M)"].items() if k.startswith("vs_"))
+    assert all(v < 1e-12 for k, v in pc["UniPC-3 (bh2)"].items() if k.startswith("vs_"))
+    text = (tmp_path / "toy_convergence.md").read_text()
+    assert "| O-BELM |" in text and "[" in text  # intervals in the table
 
 
-def test_digits_bench_reduced(tmp_path):
+def test_digits_bench_quick(tmp_path):
     from benchmarks import digits_bench
 
-    rec = digits_bench.main([
-        "--out", str(tmp_path), "--budgets", "10", "--n-fd", "12", "--n-err", "6",
-        "--ref-steps", "20", "--n-rt", "3", "--extra-seeds", "1", "--bootstrap", "3",
-        "--chunk", "12", "--samplers", "DDIM", "O-BELM", "EDICT(0.93)", "DPM-Solver++(2M)"])
+    rec = digits_bench.main(["--quick", "--out", str(tmp_path)])
     for f in ("digits_bench.md", "digits_bench.png", "digits_bench.json",
+              "digits_convergence.png", "digits_bench.reference.npz",
               "digits_samples_o_belm.png"):
         assert (tmp_path / f).stat().st_size > 0
-    rows = {r["sampler"]: r for r in rec["rows"]}
+    rows = {r["sampler"]: r for r in rec["table"]}
     assert rows["EDICT(0.93)"]["steps"] == 5 and rows["EDICT(0.93)"]["nfe"] == 10
-    assert all(math.isfinite(r["fd"]) and r["err"] > 0 for r in rows.values())
-    rt = {r["sampler"]: r for r in rec["rt_rows"]}
-    assert rt["O-BELM"]["fp64"] < 1e-10 and rt["O-BELM"]["fp32"] < 1e-3
-    assert rt["DDIM (DDIM inversion)"]["fp64"] > 1e-3  # the approximate classic
-    assert len(rec["seed_rows"]) == 2 and len(rec["seed_rows"][0]["fds"]) == 2
-    merged = digits_bench.main(["--out", str(tmp_path / "m"), "--merge",
-                                str(tmp_path / "digits_bench.json")])
-    assert len(merged["rows"]) == len(rec["rows"])
-    assert (tmp_path / "m" / "digits_bench.md").read_text().startswith("# Digits DDPM")
+    assert rows["EDICT(0.93, alt)"]["nfe"] == 10
+    for r in rows.values():
+        assert r["n"] == rec["config"]["n"]
+        assert r["median_lo"] <= r["median"] <= r["median_hi"] and r["rms"] > 0
+    assert rows["O-BELM"]["median"] < 1.0 and rows["DPM-Solver++(2M)"]["median"] < 1.0
+    ref = rec["ref"]
+    assert ref["check_m"] < ref["m"] and 0 < ref["selfconv_rms"] < 1.0
+    assert set(rec["best"]) == set(rows)
+    assert all(rec["best"][nm] in rec["config"]["families"] for nm in rows)
+    assert {r["budget"] for r in rec["sweep"]} == set(rec["config"]["sweep"])
+    rt = {(r["sampler"], r["dtype"]): r for r in rec["rt_rows"]}
+    assert rt[("O-BELM", "fp64")]["rms"] < 1e-10 and rt[("O-BELM", "fp32")]["rms"] < 1e-3
+    assert rt[("DDIM", "fp64")]["rms"] > 1e-3  # the approximate classic inversion
+    assert not any(nm.startswith("DPM") for nm, _ in rt)  # peers have no inversion
+    pc = rec["peer_check"]
+    assert all(v < 1e-10 for k, v in pc["UniPC-3 (bh2)"].items() if k.startswith("vs_"))
+    text = (tmp_path / "digits_bench.md").read_text()
+    assert text.startswith("# Digits DDPM") and "Self-convergence" in text
+    # the report re-renders from its JSON alone
+    again = digits_bench.main(["--out", str(tmp_path / "re"), "--from-json",
+                               str(tmp_path / "digits_bench.json")])
+    assert (tmp_path / "re" / "digits_bench.md").read_text() == text
+    assert again["table"] == json.loads((tmp_path / "digits_bench.json").read_text())["table"]
+
+
+def test_reference_is_reused_only_when_made_the_same_way(tmp_path, capsys):
+    from benchmarks import digits_bench
+
+    args = digits_bench.parse_args(["--quick"])
+    key = digits_bench.reference_key(args)
+    ref = np.arange(12.0).reshape(3, 4)
+    path = tmp_path / "r.npz"
+    digits_bench.save_reference(path, ref, {"selfconv_rms": 1e-6}, key)
+    got, info = digits_bench.load_reference(path, key)
+    assert np.array_equal(got, ref) and info["selfconv_rms"] == 1e-6
+    assert info["loaded_from"] == str(path)
+    other = digits_bench.reference_key(digits_bench.parse_args(["--quick", "--seed", "1"]))
+    assert digits_bench.load_reference(path, other) is None
+    assert "made differently" in capsys.readouterr().out
+    assert digits_bench.load_reference(tmp_path / "missing.npz", key) is None
+
+
+def test_merge_records_keeps_table_order_and_refuses_other_settings():
+    from benchmarks import digits_bench
+
+    cfg = {k: 1 for k in digits_bench.MERGE_KEYS}
+
+    def rec(names, value):
+        rows = [dict(sampler=nm, budget=10, median=value) for nm in names]
+        return dict(config=cfg, samplers=names, table=rows, sweep=rows, pilot=rows,
+                    best_rows=rows, rt_rows=rows, best={nm: "trailing" for nm in names},
+                    default_note="n", peer_check={}, elapsed_s=60.0)
+
+    base = rec(["DDIM", "O-BELM", "DPM-Solver++(2M)"], 1.0)
+    new = rec(["default (ours)", "O-BELM"], 2.0)
+    m = digits_bench.merge_records(base, new)
+    assert m["samplers"] == ["DDIM", "O-BELM", "default (ours)", "DPM-Solver++(2M)"]
+    assert [r["median"] for r in m["table"]] == [1.0, 2.0, 2.0, 1.0]
+    assert m["elapsed_s"] == 120.0 and m["merged"]
+    with pytest.raises(ValueError, match="different settings"):
+        digits_bench.merge_records(base, dict(new, config=dict(cfg, seed=2)))
+
+
+def test_grid_families():
+    from benchmarks import samplers as S
+    from lmsolvers.grid import spaced_timesteps
+
+    tab = S.linear_beta_table()
+    for fam in S.GRID_FAMILIES:
+        assert fam in S.GRID_FAMILY_DOC
+        for n in (1, 2, 5, 20, 61, 244):
+            g = S.family_grid(fam, n, tab)
+            assert len(g) == n + 1 and g[0] == 0.0 and g[-1] == tab[-1]
+            assert np.all(np.diff(g) > 0)
+    # trailing is diffusers' spacing (where lmsolvers.grid agrees on the count) …
+    for n in (10, 20, 48, 50, 100):
+        assert np.array_equal(S.family_grid("trailing", n, tab)[1:],
+                              tab[spaced_timesteps(n, 1000, "trailing")][::-1])
+    # … and the split family halves trailing(N − 1)'s last step
+    g, up = S.family_grid("trailing-split", 20, tab), S.family_grid("trailing", 19, tab)
+    assert g[1] == 0.5 * up[1] and np.array_equal(g[2:], up[1:])
+    with pytest.raises(ValueError, match="unknown grid family"):
+        S.family_grid("cosine", 10, tab)
+
+
+def test_summarise_errors_intervals_and_divergence():
+    from benchmarks import samplers as S
+
+    err = np.linspace(1.0, 2.0, 101)
+    idx = S.resample_index(101, 500, 0)
+    s = S.summarise_errors(err, idx)
+    assert s["median"] == 1.5 and s["median_lo"] < 1.5 < s["median_hi"]
+    assert np.isclose(s["rms"], np.sqrt(np.mean(err**2))) and s["n_diverged"] == 0
+    assert np.array_equal(idx, S.resample_index(101, 500, 0))  # seeded
+    bad = err.copy()
+    bad[:10] = np.nan
+    t = S.summarise_errors(bad, idx)
+    assert t["n_diverged"] == 10 and np.isfinite(t["median"]) and t["rms"] == np.inf
+
+
+def test_default_configuration_hook(monkeypatch):
+    """The row "default (ours)" appears exactly when DiffusionSampler's default is not plain
+    O-BELM on the scheduler's grid, and then runs the default's method on its grid."""
+    import lmsolvers.adapters.diffusers as ad
+
+    import lmsolvers as L
+    from benchmarks import samplers as S
+
+    sched = S.peer_config(S.SamplerSpec("DPM-Solver++(2M)", "dpm"))
+    real = ad.DiffusionSampler
+
+    class Designed:
+        def __init__(self, unet, scheduler, n, **kw):
+            self.method = L.bdia(1.0)
+            self.grid = L.Grid(S.family_grid("karras-7", n, S.linear_beta_table()))
+
+    monkeypatch.setattr(ad, "DiffusionSampler", Designed)
+    spec, note = S.default_spec(None, sched)
+    assert spec is not None and spec.name == "default (ours)" and "bdia" in note
+    assert len(spec.grid_fn(12)) == 13 and S.steps_for_budget(spec, 20) == 20
+    names = [s.name for s in S.make_specs(belm_ks=(), default=spec)]
+    assert names.index("default (ours)") < names.index("DPM-Solver++(2M)")
+
+    class Plain:
+        def __init__(self, unet, scheduler, n, **kw):
+            self.method = L.obelm()
+            self.grid = ad.grid_from_scheduler(scheduler, n)
+
+    monkeypatch.setattr(ad, "DiffusionSampler", Plain)
+    spec, note = S.default_spec(None, sched)
+    assert spec is None and "default (ours)" in note
+    monkeypatch.setattr(ad, "DiffusionSampler", real)
+    assert np.isfinite(S.linear_beta_table()).all()
 
 
 def test_demo_reduced(tmp_path, capsys):
