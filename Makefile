@@ -38,7 +38,7 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m sphinx -W --keep-going -q -b html docs/api out/docs
 
-# Regenerates the tracked tables and plots under benchmarks/results/ (12–13 min).
+# Regenerates the tracked tables and plots under benchmarks/results/ (about 20 min).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.toy_convergence
 	$(BIN)/python -m benchmarks.digits_bench

@@ -372,6 +372,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.samplers is None:
             args.samplers = ["DDIM", "O-BELM", "EDICT(0.93)", "EDICT(0.93, alt)", "BELM-3",
                              "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-3 (bh2)"]
+    if args.samplers is not None and "default (ours)" not in args.samplers:
+        args.no_default_row = True  # the probe designs grids: skip it when not wanted
     args.n_pilot = min(args.n_pilot, args.n)
     args.n_ref_check = min(args.n_ref_check, args.n)
     return args
@@ -606,7 +608,8 @@ def main(argv: list[str] | None = None) -> dict:
                   table=table, best=best, best_rows=best_rows, pilot=pilot, sweep=sweep,
                   seed_rows=seed_rows, rt_rows=rt_rows, peer_check=peer_check,
                   default_note=_STATE["default_note"], families=S.GRID_FAMILY_DOC,
-                  belm_ks=S.available_belm_ks(), n_test=len(x_test),
+                  belm_ks=[int(nm[5:]) for nm in _STATE["order"] if nm.startswith("BELM-")],
+                  n_test=len(x_test),
                   samplers=_STATE["order"], elapsed_s=time.time() - t_start,
                   cpu_s=_cpu_seconds())
     if args.merge_into:

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     peer_check = S.check_peers(problem.eps, xbar_N, table)
     record = dict(config=vars(args) | {"out": str(args.out)}, sigma_max=s_max, rows=rows,
                   orders=observed_orders(rows), peer_check=peer_check,
-                  belm_ks=S.available_belm_ks(), elapsed_s=time.time() - t_start)
+                  belm_ks=[int(s.name.split("-")[1]) for s in specs if s.name.startswith("BELM-")],
+                  elapsed_s=time.time() - t_start)
     (out / "toy_convergence.json").write_text(json.dumps(record, indent=1, default=str))
     (out / "toy_convergence.md").write_text(render_markdown(record))
     S.plot_convergence(rows, out / "toy_convergence.png",
