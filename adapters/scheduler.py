@@ -55,14 +55,12 @@ from lmsolvers.latent import Latent, LatentMismatchError, check_latent
 from lmsolvers.method import LMMethod, StepCoefficients
 from lmsolvers.registry import method_from_name
 
-from .diffusers import (
-    _check_prediction_type,
+from .diffusers import _check_prediction_type, resolve_state_dtype, to_epsilon
+from .schedules import (
     _summarise,
     alphas_cumprod_from_config,
     check_num_inference_steps,
     grid_from_scheduler,
-    resolve_state_dtype,
-    to_epsilon,
 )
 
 __all__ = ["BELMScheduler", "BELMInverseScheduler", "BELMSchedulerOutput"]
