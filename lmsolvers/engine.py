@@ -51,6 +51,7 @@ __all__ = [
     "euler_step",
     "starter_step",
     "all_finite",
+    "drive_sampling",
 ]
 
 EpsFn = Callable[[torch.Tensor, float], torch.Tensor]
@@ -383,3 +384,18 @@ class Integrator(ABC):
     def result(self, run: Run, plan: Any) -> torch.Tensor:
         """The sampled ``x̄_0``."""
         return run.window[0]
+
+
+def drive_sampling(integ: Integrator, plan: Any, run: Run, x: torch.Tensor | Latent,
+                   from_latent: bool) -> torch.Tensor:
+    """The sampling loop: fill the window at the top (``load`` a latent or ``start`` from
+    ``x̄_N``), then ``step(r)`` for ``r = N − span … 0``, reporting each new node; returns
+    ``x̄_0``.  Afterwards ``run.window`` holds the bottom nodes (what a reversal needs)."""
+    if from_latent:
+        integ.load(run, plan, x)
+    else:
+        integ.start(run, plan, x)
+    for r in range(run.grid.N - integ.span, -1, -1):
+        integ.step(run, plan, r)
+        run.emit(r)
+    return integ.result(run, plan)

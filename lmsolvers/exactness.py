@@ -66,7 +66,7 @@ def predicted_roundtrip_error(method: Any, grid: Any, dtype: torch.dtype = torch
 
 
 def check_exactness(method: Any, grid: Any, dtype: torch.dtype, tolerance: float,
-                    strict: bool, stacklevel: int = 3) -> float:
+                    strict: bool, stacklevel: int = 3, what: str = "inversion") -> float:
     """Warn (or raise, ``strict``) when the predicted round-trip error exceeds ``tolerance``.
 
     Returns the predicted error.  The message names the figure and the remedies.
@@ -77,7 +77,7 @@ def check_exactness(method: Any, grid: Any, dtype: torch.dtype, tolerance: float
     if pred <= tolerance:
         return pred
     amp = method.roundoff_amplification(grid)
-    msg = (f"inversion with {method.name!r} on this grid (N = {grid.N}) in {dtype} is not "
+    msg = (f"{what} with {method.name!r} on this grid (N = {grid.N}) in {dtype} is not "
            f"exact in practice: round-off amplification {amp:.3g} × unit round-off "
            f"{unit_roundoff(dtype):.3g} predicts a relative round-trip error up to "
            f"{pred:.3g} > tolerance {tolerance:.3g}. Use fewer steps, another method "

@@ -21,18 +21,19 @@ step needs are kept, whatever N is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from .bitexact import Bitexact, BitexactLatent, deterministic_eps
-from .engine import Callback, EpsFn, Integrator, Run, all_finite, starter_step
+from .engine import Callback, EpsFn, Integrator, Run, all_finite, drive_sampling, starter_step
 from .exactness import DEFAULT_TOLERANCE, SolverInstabilityError, check_exactness
 from .families import ddim
 from .grid import Grid
 from .latent import Latent, check_latent, check_state, freeze_context
 from .registry import method_from_name
+from .reversal import GRAD_MODES, differentiable_eps, reversible_sample
 
 __all__ = ["sample", "invert", "ddim_inversion"]
 
@@ -78,6 +79,9 @@ def sample(
     context: Mapping[str, Any] | None = None,
     frac_bits: int | None = None,
     state_bound: float | None = None,
+    grad: str | None = None,
+    params: Sequence[torch.Tensor] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> torch.Tensor:
     """Integrate the σ̄-ODE from node N down to node 0 and return ``x̄_0``.
 
@@ -118,12 +122,26 @@ def sample(
     frac_bits, state_bound:
         Fixed-point format of bit-exact mode (default: the latent's, else the dtype's
         default and 8); an error in float mode.
+    grad:
+        ``None``: as the caller's autograd mode is.  ``"full"``: plain autograd through
+        the unrolled loop (stores every step's graph: O(N) memory).  ``"reversible"``:
+        O(k) memory — the forward keeps no graph and the backward pass rebuilds each state
+        by the inverse step (:mod:`lmsolvers.reversal`, docs/design.md §10); needs an
+        invertible method and refuses (:class:`~lmsolvers.ExactnessError`) when the
+        predicted round-off ``u · R`` exceeds ``tolerance``.  Gradients flow to ``x``
+        (or the latent's states) and to ``params``.
+    params:
+        With ``grad="reversible"``: the tensors ε depends on that should get gradients
+        (default: every leaf requiring grad that one ε evaluation reaches — the model's
+        parameters and closed-over tensors such as embeddings).
 
     Notes
     -----
     Only the k states a step needs are kept (O(k) memory for any N); the trajectory is
     available through ``callback``.
     """
+    if grad not in GRAD_MODES:
+        raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
     integ = _integrator(method, x, bitexact, debug, frac_bits, state_bound)
     from_latent = isinstance(x, Latent)
     if from_latent:
@@ -132,6 +150,21 @@ def sample(
     else:
         check_state(x, "x")
         like = x
+    if grad is not None and (callback is not None or debug):
+        raise ValueError("grad=... runs have no callback or debug mode (a callback would "
+                         "see states the backward pass does not; run without grad to watch)")
+    if grad == "reversible":
+        out = reversible_sample(eps, grid, integ, x, params=params, check_finite=check_finite,
+                                disable=disable, tolerance=tolerance)
+        _finish(out, integ, grid, check_finite, "sampling")
+        return out
+    if grad == "full":
+        if params is not None:
+            raise ValueError("params is for grad='reversible'; grad='full' differentiates "
+                             "whatever autograd reaches")
+        if not torch.is_grad_enabled():
+            raise RuntimeError("grad='full' inside torch.no_grad(): autograd is off")
+        eps = differentiable_eps(eps)
     plan = integ.prepare(grid, like.dtype, "forward")
     N, span = grid.N, integ.span
     mode = ", bitexact" if bitexact else ""
@@ -139,14 +172,7 @@ def sample(
              check_finite=check_finite or debug, callback=callback, disable=disable,
              desc=f"sample[{integ.name}{mode}]", total=N - span + 1 if from_latent else N,
              aux_name=integ.aux_name) as run:
-        if from_latent:
-            integ.load(run, plan, x)
-        else:
-            integ.start(run, plan, x)
-        for r in range(N - span, -1, -1):
-            integ.step(run, plan, r)
-            run.emit(r)
-        out = integ.result(run, plan)
+        out = drive_sampling(integ, plan, run, x, from_latent)
     _finish(out, integ, grid, check_finite, "sampling")
     return out
 
