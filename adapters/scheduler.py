@@ -1,44 +1,58 @@
 """Drop-in diffusers schedulers running the core's linear multistep methods.
 
 ``pipe.scheduler = BELMScheduler.from_config(pipe.scheduler.config)`` makes a stock
-``StableDiffusionPipeline`` sample with O-BELM (or any explicit core method, set by name
-or object with :meth:`BELMScheduler.set_method` and saved in the config).  The scheduler
-is stateful: it keeps the σ̄-ODE states ``x̄ = x/α`` and the ε it has been given in the
-engine's :class:`~lmsolvers.engine.Window` in ``state_dtype`` (float64), and hands the
-pipeline ``α x̄`` cast to the pipeline's dtype.  Every step is the core's formula
+pipeline (Stable Diffusion 1.x/2.x, SDXL base and refiner, img2img, inpaint; SD3 and FLUX
+with a ``FlowMatchEulerDiscreteScheduler`` config) sample with O-BELM, or with any
+explicit core method named in the config (``method="bdia(0.5)"``; :meth:`set_method`
+updates the config, so ``save_pretrained`` → ``from_pretrained`` keeps it).  The scheduler
+keeps the σ̄-ODE states ``x̄ = x/α`` and the ε it has been given in the engine's
+:class:`~lmsolvers.engine.Window` in ``state_dtype`` (float64), and hands the pipeline
+``α x̄`` cast to the pipeline's dtype.  Every step is the core's formula
 (:func:`~lmsolvers.engine.lm_step`) on the grid of
-:func:`~lmsolvers.adapters.grid_from_scheduler`, with the timestep read from that grid's
-table, so its output in the pipeline's dtype equals
-:class:`~lmsolvers.adapters.DiffusionSampler`'s bit for bit (the float64 states agree to a
-few ulps: the pipeline hands the model ``x_T`` itself, the sampler ``α_N (x_T/α_N)``).
+:func:`~lmsolvers.adapters.schedules.schedule_from_scheduler`, with the timestep read
+from that grid's table.
 
-Steps must follow ``scheduler.timesteps`` one by one, in order (``set_timesteps`` starts
-a run; a finished run may be followed by a new one from the first timestep); a skipped,
-repeated or out-of-order timestep, or a change of the batch shape in mid-run, is an
-error naming what was expected (docs/design.md §8).
+**Runs.**  ``set_timesteps`` (``num_inference_steps``, or custom ``timesteps=[…]`` /
+``sigmas=[…]``, and ``mu`` for dynamically shifted flow configs) builds the grid.  A run
+starts at any timestep of ``timesteps`` (``set_begin_index`` fixes which, as pipelines do
+for img2img at strength < 1 and SDXL's ``denoising_start``), with the method's starter
+step (DDIM) from the node it enters at, and then follows ``timesteps`` one by one; a
+skipped, repeated or out-of-order timestep, or a change of the batch shape in mid-run, is
+an error naming what was expected (docs/design.md §8).  ``step_index``/``begin_index``
+behave as in diffusers' multistep schedulers.
 
-A :class:`~lmsolvers.Latent` holds k states but a pipeline passes one ``latents``
-tensor.  To resume sampling from a full inverted latent through the stock pipeline::
+**α = 0 top node** (flow configs whose sigmas start at 1; zero-terminal-SNR configs whose
+timesteps reach ``T − 1``): ``timesteps[0]`` is that node; its step is the entry step
+``x̄_N = x̂_0 + σ̄_N ε̂`` (:func:`~lmsolvers.adapters.diffusers.top_prediction`, the
+limit of the DDIM step as σ̄ → ∞), then the method runs on the finite grid
+(docs/design.md §9).  So ``BELMScheduler(method="ddim")`` on a flow config is
+``FlowMatchEulerDiscreteScheduler`` up to round-off.
 
-    latents = pipe.scheduler.load_latent(latent, dtype=pipe.unet.dtype)
-    pipe(..., latents=latents)
+**Exact resumption: the x_T hand-off.**  A k-step method's latent is k states
+(:class:`~lmsolvers.Latent`), a pipeline passes one ``latents`` tensor.  Two ways:
 
-``load_latent`` checks the latent against this scheduler's config (method, every grid
-node, prediction type) at once, and the first step checks it against the run's grid
-again; an error consumes nothing.  The latent stays loaded: every run that starts from
-its ``x_T`` resumes it exactly, and a run from other noise is an error until
-:meth:`BELMScheduler.clear_latent`.  The scheduler takes the k − 1 states below ``x̄_N``
-from the latent instead of its starter (the pipeline still evaluates the model at those
-nodes: k − 1 extra network evaluations, unused for O-BELM).  It cannot see the
-pipeline's guidance scale: invert with the same one (docs/design.md §3).
-:class:`BELMInverseScheduler` runs the same relation upwards, in the loop style of
-diffusers' ``DDIMInverseScheduler``; after its last step ``inverse_scheduler.latent`` is
-the full latent.
+* explicit: ``latents = pipe.scheduler.load_latent(latent, dtype=…)`` (checked at once,
+  stays loaded until :meth:`BELMScheduler.clear_latent`);
+* implicit, DDIMInverse-style: the last output of :class:`BELMInverseScheduler` is
+  registered in a process-wide hand-off registry (:class:`LatentHandoff`, shared by the
+  scheduler pair); a :class:`BELMScheduler` run that starts at the top of its grid from a
+  tensor with that content (in any floating dtype) resumes from the full latent.  Handed
+  an inverted ``x_T`` whose latent it cannot use (evicted, another grid or method), it
+  warns with :class:`InvertedLatentWarning`: sampling from ``x_T`` alone is not the
+  inverse (relative error 1.9e3 at 10 O-BELM steps on the digits model).
+
+The scheduler cannot see the pipeline's guidance scale: invert with the same one
+(docs/design.md §3).  Thresholding/clipping and stochastic steps (``eta ≠ 0``) are not
+supported: they are not invertible.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,17 +69,36 @@ from lmsolvers.latent import Latent, LatentMismatchError, check_latent
 from lmsolvers.method import LMMethod, StepCoefficients
 from lmsolvers.registry import method_from_name
 
-from .diffusers import _check_prediction_type, resolve_state_dtype, to_epsilon
+from .diffusers import _check_prediction_type, resolve_state_dtype, to_epsilon, top_prediction
 from .schedules import (
+    Schedule,
     _summarise,
     alphas_cumprod_from_config,
     check_num_inference_steps,
-    grid_from_scheduler,
+    is_flow_config,
+    schedule_from_scheduler,
 )
 
-__all__ = ["BELMScheduler", "BELMInverseScheduler", "BELMSchedulerOutput"]
+__all__ = [
+    "BELMScheduler",
+    "BELMInverseScheduler",
+    "BELMSchedulerOutput",
+    "InvertedLatentWarning",
+    "LatentHandoff",
+]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: the dtypes a pipeline may cast handed-off latents to (identification only)
+_HANDOFF_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class InvertedLatentWarning(UserWarning):
+    """A sampling run starts from the ``x_T`` of an exact inversion without the rest of
+    its latent: the result is not the inverse (docs/design.md §8)."""
+
+
+class ClippingIgnoredWarning(UserWarning):
+    """A config asks for ``clip_sample``/``thresholding``, which an exact scheduler ignores."""
 
 
 @dataclass
@@ -75,6 +108,94 @@ class BELMSchedulerOutput(BaseOutput):
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
+
+
+def _digest(x: torch.Tensor) -> bytes:
+    """Content digest of a tensor (shape, dtype and bytes)."""
+    t = x.detach().contiguous().cpu()
+    d = hashlib.blake2b(digest_size=16)
+    d.update(repr((tuple(t.shape), str(t.dtype))).encode())
+    d.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return d.digest()
+
+
+def _digests(x: torch.Tensor) -> list[bytes]:
+    """Digests of ``x`` in every floating dtype a pipeline may cast it to: the hand-off
+    recognises ``latents`` after ``.to(dtype)`` (and ``* init_noise_sigma`` = 1)."""
+    out = [_digest(x)]
+    for dt in _HANDOFF_DTYPES:
+        if dt != x.dtype:
+            out.append(_digest(x.to(dt)))
+    return out
+
+
+class LatentHandoff:
+    """The registry through which :class:`BELMInverseScheduler` hands full latents to
+    :class:`BELMScheduler` (one instance per process, ``BELMScheduler.handoff``).
+
+    *What*: each finished inversion run registers its :class:`~lmsolvers.Latent` under
+    the content digests of its last output (the tensor a DDIMInverse-style workflow passes
+    as ``latents=``) in every floating dtype.  A forward run starting at the top of its
+    grid looks its ``sample`` up by content (never by identity: pipelines copy latents).
+    *Scope*: the process; any ``BELMScheduler`` can resume any registered latent whose
+    grid, method and prediction type match its run (checked, else
+    :class:`InvertedLatentWarning`).  *Lifetime and memory*: the last ``capacity``
+    latents (default 4; each holds k float64 states) are kept, least recently used
+    evicted; the digests of evicted ones are remembered (``remember``, default 4096 ×
+    16 bytes) so that a run from their ``x_T`` still warns.  :meth:`clear` forgets
+    everything; ``BELMInverseScheduler(handoff=False)``-style opt-out is
+    ``BELMInverseScheduler.register_latents = False``.
+    """
+
+    def __init__(self, capacity: int = 4, remember: int = 4096) -> None:
+        self.capacity = int(capacity)
+        self.remember = int(remember)
+        self._lock = threading.Lock()
+        self._latents: OrderedDict[int, Latent] = OrderedDict()
+        self._keys: dict[bytes, int] = {}
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._next_id = 0
+
+    def __len__(self) -> int:
+        return len(self._latents)
+
+    def register(self, x_top: torch.Tensor, latent: Latent) -> None:
+        """Register ``latent`` as the full latent of the model-space tensor ``x_top``."""
+        keys = _digests(x_top)
+        with self._lock:
+            i, self._next_id = self._next_id, self._next_id + 1
+            self._latents[i] = latent
+            for key in keys:
+                self._keys[key] = i
+                self._seen[key] = None
+                self._seen.move_to_end(key)
+            while len(self._latents) > max(self.capacity, 0):
+                old, _ = self._latents.popitem(last=False)
+                for key in [k for k, v in self._keys.items() if v == old]:
+                    del self._keys[key]
+            while len(self._seen) > self.remember:
+                self._seen.popitem(last=False)
+
+    def lookup(self, x: torch.Tensor) -> tuple[Latent | None, bool]:
+        """``(latent, seen)``: the registered latent of ``x`` (or ``None``) and whether
+        ``x`` was ever the output of an inversion."""
+        key = _digest(x)
+        with self._lock:
+            i = self._keys.get(key)
+            if i is not None and i in self._latents:
+                self._latents.move_to_end(i)
+                return self._latents[i], True
+            return None, key in self._seen
+
+    def clear(self) -> None:
+        """Forget every registered latent and digest."""
+        with self._lock:
+            self._latents.clear()
+            self._keys.clear()
+            self._seen.clear()
+
+
+_HANDOFF = LatentHandoff()
 
 
 def _scheduler_method(method: Any, bdia_gamma: float = 1.0) -> LMMethod:
@@ -101,9 +222,13 @@ def _no_eps(x: torch.Tensor, sigma_bar: float) -> torch.Tensor:
                        f"no step supplied ε at sigma_bar = {sigma_bar:.6g}")
 
 
-def _timestep_value(timestep: Any) -> int | float:
-    v = float(timestep.item() if isinstance(timestep, torch.Tensor) else timestep)
-    return int(v) if v.is_integer() else v
+def _timestep_value(timestep: Any) -> float:
+    if isinstance(timestep, torch.Tensor):
+        if timestep.numel() != 1:
+            raise ValueError(f"step takes one timestep, got a tensor of shape "
+                             f"{tuple(timestep.shape)}")
+        return float(timestep.item())
+    return float(timestep)
 
 
 def _check_tensor(x: Any, name: str) -> None:
@@ -114,7 +239,8 @@ def _check_tensor(x: Any, name: str) -> None:
 
 
 class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers] + [
+        "FlowMatchEulerDiscreteScheduler", "DDIMInverseScheduler"]
     order = 1
     #: the direction the method is prepared for (``LMMethod.prepare``)
     _direction = "forward"
@@ -127,37 +253,106 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
         beta_end: float = 0.02,
         beta_schedule: str = "linear",
         trained_betas: np.ndarray | list[float] | None = None,
+        clip_sample: bool = False,
         set_alpha_to_one: bool | None = None,
         steps_offset: int = 0,
         prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
         timestep_spacing: str = "leading",
         rescale_betas_zero_snr: bool = False,
         final_sigmas_type: str | None = None,
+        flow: bool = False,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        base_shift: float | None = 0.5,
+        max_shift: float | None = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
+        shift_terminal: float | None = None,
+        time_shift_type: str = "exponential",
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        invert_sigmas: bool = False,
+        stochastic_sampling: bool = False,
         method: str = "obelm",
         bdia_gamma: float = 1.0,
         state_dtype: str = "float64",
     ) -> None:
-        _check_prediction_type(prediction_type)
+        if flow:
+            if prediction_type == "epsilon":  # the default: a flow config has no such key
+                self.register_to_config(prediction_type="flow")
+            elif prediction_type != "flow":
+                raise ValueError(f"a flow-matching config predicts the velocity "
+                                 f"(prediction_type 'flow'), got {prediction_type!r}")
+        elif prediction_type == "flow":
+            raise ValueError("unsupported prediction_type 'flow' for a DDPM-family config: it "
+                             "needs a flow-matching config (flow=True, or BELMScheduler."
+                             "from_config(FlowMatchEulerDiscreteScheduler config))")
+        _check_prediction_type(self.config.prediction_type)
         if timestep_spacing not in ("leading", "trailing", "linspace"):
             raise ValueError(f"unsupported timestep_spacing {timestep_spacing!r} "
                              "(leading, trailing, linspace)")
         if state_dtype not in _DTYPES:
             raise ValueError(f"state_dtype must be one of {list(_DTYPES)}, got {state_dtype!r}")
-        ac = alphas_cumprod_from_config(self.config)
-        self.alphas_cumprod = torch.from_numpy(ac)
+        if not flow and (clip_sample or thresholding):
+            warnings.warn(
+                f"{type(self).__name__} ignores clip_sample/thresholding (set in this config): "
+                "clipping x̂_0 is not invertible; the method runs unclipped",
+                ClippingIgnoredWarning, stacklevel=3)
+        if flow:
+            # validates the flow options (invert_sigmas, stochastic_sampling, …) at once
+            schedule_from_scheduler(self, 2, mu=0.0 if use_dynamic_shifting else None)
+            self._ac64 = None
+            self.betas = self.alphas = self.alphas_cumprod = self.final_alpha_cumprod = None
+        else:
+            ac = alphas_cumprod_from_config(self.config)
+            self._ac64 = ac
+            prev = np.concatenate([[1.0], ac[:-1]])
+            betas = 1.0 - ac / prev
+            #: float32 as in every diffusers scheduler (the float64 table is ``_ac64``)
+            self.betas = torch.from_numpy(betas).float()
+            self.alphas = torch.from_numpy(1.0 - betas).float()
+            self.alphas_cumprod = torch.from_numpy(ac).float()
+            final = 1.0 if (set_alpha_to_one if set_alpha_to_one is not None else
+                            final_sigmas_type in (None, "zero")) else float(ac[0])
+            self.final_alpha_cumprod = torch.tensor(final, dtype=torch.float32)
         self.init_noise_sigma = 1.0
         self._method = _scheduler_method(method, bdia_gamma)
         self._latent: Latent | None = None
         self.num_inference_steps: int | None = None
         self.timesteps: torch.Tensor | None = None
+        self.sigmas: torch.Tensor | None = None
+        self.schedule: Schedule | None = None
         self.grid: Grid | None = None
         self._coeffs: StepCoefficients | None = None
+        self._nodes: list[int] = []
+        self._ts_values: list[float] = []
+        self._begin_index: int | None = None
         self._reset()
+
+    @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False,
+                    **kwargs: Any) -> Any:
+        """diffusers' ``from_config``; a flow-matching config (``FlowMatchEulerDiscrete``
+        or a config with its keys) sets ``flow=True``, so SD3/FLUX pipelines get a flow
+        scheduler from ``BELMScheduler.from_config(pipe.scheduler.config)``."""
+        cfg = config
+        if cfg is not None and not hasattr(cfg, "get") and hasattr(cfg, "config"):
+            cfg = cfg.config
+        if cfg is not None and "flow" not in kwargs and cfg.get("flow", None) is None \
+                and is_flow_config(cfg):
+            kwargs["flow"] = True
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs,
+                                   **kwargs)
 
     # ----------------------------------------------------------- method / grid
     @property
     def method(self) -> LMMethod:
-        """The core method (``set_method`` changes it)."""
+        """The core method (``set_method`` changes it and the config's ``method``)."""
         return self._method
 
     def set_method(self, method: str | LMMethod) -> None:
@@ -179,20 +374,79 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
                           "set_method after loading", UserWarning, stacklevel=2)
         self._reset()
 
+    @property
+    def is_flow(self) -> bool:
+        """Whether this is a rectified-flow schedule (α = 1 − σ)."""
+        return bool(self.config.flow)
+
+    @property
+    def shift(self) -> float:
+        """The static shift of a flow config (as ``FlowMatchEulerDiscreteScheduler``)."""
+        return float(self.config.shift)
+
+    @property
+    def step_index(self) -> int | None:
+        """Index into ``timesteps`` of the next step (``None`` before a run starts; it grows
+        by one per step, as in diffusers' multistep schedulers)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """Index into ``timesteps`` where runs start (``set_begin_index``), or ``None``."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start runs at ``timesteps[begin_index]`` (pipelines call this for img2img at
+        strength < 1 and SDXL's ``denoising_start``); the method's starter step runs from
+        that node.  ``set_timesteps`` resets it, as in diffusers."""
+        if isinstance(begin_index, bool) or not isinstance(begin_index, int | np.integer):
+            raise TypeError(f"begin_index must be an int, got {begin_index!r}")
+        if self.timesteps is not None and not 0 <= begin_index < len(self.timesteps):
+            raise ValueError(f"begin_index {begin_index} is outside timesteps (length "
+                             f"{len(self.timesteps)})")
+        if begin_index < 0:
+            raise ValueError(f"begin_index must be ≥ 0, got {begin_index}")
+        self._begin_index = int(begin_index)
+
     def _prepare_method(self, m: LMMethod) -> StepCoefficients:
         return m.prepare(self.grid, _DTYPES[self.config.state_dtype], self._direction)
 
-    def _build_grid(self, num_inference_steps: Any) -> None:
-        n = check_num_inference_steps(num_inference_steps)
-        grid = grid_from_scheduler(self, n)
-        self.num_inference_steps, self.grid = n, grid
+    def _build_schedule(self, num_inference_steps: Any, timesteps: Any, sigmas: Any,
+                        mu: Any) -> None:
+        n = None if num_inference_steps is None else check_num_inference_steps(
+            num_inference_steps)
+        sch = schedule_from_scheduler(self, n, timesteps=timesteps, sigmas=sigmas, mu=mu)
+        if sch.top_timestep is not None and not self.is_flow:
+            top_prediction(torch.zeros(1), torch.zeros(1), self.config.prediction_type)
+        self.schedule, self.grid = sch, sch.grid
+        self.num_inference_steps = sch.num_model_calls if self._direction == "forward" \
+            else sch.grid.N
         self._coeffs = self._prepare_method(self._method)
+        self._begin_index = None
         self._reset()
 
+    def _set_timestep_table(self, values: Sequence[float], nodes: list[int],
+                            device: Any) -> None:
+        vals = np.asarray(values, dtype=np.float64)
+        if self.is_flow or np.any(vals != np.round(vals)):
+            t = torch.from_numpy(vals.astype(np.float32))
+        else:
+            t = torch.from_numpy(vals.astype(np.int64))
+        self.timesteps = t.to(device)
+        self._ts_values = [float(v) for v in t.tolist()]
+        self._nodes = nodes
+        if self.is_flow:  # σ at every timestep, then the terminal σ = 0 (FlowMatchEuler)
+            g = self.grid
+            sig = [1.0 - float(g.alphas[m]) if m <= g.N else 1.0 for m in nodes]
+            self.sigmas = torch.tensor(sig + [0.0], dtype=torch.float32)
+            self.sigma_max, self.sigma_min = float(self.sigmas[0]), float(self.sigmas[-2])
+
     def _reset(self) -> None:
-        """Forget the run in progress (not a loaded latent)."""
+        """Forget the run in progress (not a loaded latent, not begin_index)."""
         self._run: Run | None = None
-        self._next: int | None = None
+        self._step_index: int | None = None
+        self._start_index: int | None = None
+        self._entry: int | None = None
         self._shape: tuple[int, ...] | None = None
 
     def _state_dtype(self, device: torch.device) -> torch.dtype:
@@ -202,53 +456,123 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
         """Identity: the model input is ``x = α x̄`` itself."""
         return sample
 
+    # ------------------------------------------------------------------- noise
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor,
+                  timesteps: torch.Tensor) -> torch.Tensor:
+        """The forward process at ``timesteps`` (a tensor, one per batch entry):
+        ``sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) n`` from the float32 table in the samples'
+        dtype, on their device (DDIMScheduler's result exactly); flow configs
+        ``(1 − σ) x_0 + σ n`` with ``σ = t/T``."""
+        _check_tensor(original_samples, "original_samples")
+        _check_tensor(noise, "noise")
+        dev, dt = original_samples.device, original_samples.dtype
+        timesteps = torch.as_tensor(timesteps).to(dev)
+        if self.is_flow:
+            s = (timesteps.to(torch.float32) / self.config.num_train_timesteps).to(dt).flatten()
+            while s.dim() < original_samples.dim():
+                s = s.unsqueeze(-1)
+            return s * noise + (1.0 - s) * original_samples
+        if timesteps.is_floating_point():
+            if not bool((timesteps == timesteps.round()).all()):
+                raise ValueError("add_noise takes integer training timesteps for a DDPM-family "
+                                 f"config, got {timesteps.tolist()}")
+            timesteps = timesteps.long()
+        T = self.config.num_train_timesteps
+        if bool(((timesteps < 0) | (timesteps >= T)).any()):
+            raise ValueError(f"add_noise timesteps must lie in [0, {T - 1}], got "
+                             f"{timesteps.tolist()}")
+        ac = self.alphas_cumprod.to(device=dev, dtype=dt)
+        a = (ac[timesteps] ** 0.5).flatten()
+        s = ((1 - ac[timesteps]) ** 0.5).flatten()
+        while a.dim() < original_samples.dim():
+            a, s = a.unsqueeze(-1), s.unsqueeze(-1)
+        return a * original_samples + s * noise
+
+    def scale_noise(self, sample: torch.Tensor, timestep: Any,
+                    noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Flow matching's forward process ``σ n + (1 − σ) x_0`` at ``timestep``, with σ from
+        this schedule (``begin_index``/``step_index`` as FlowMatchEulerDiscreteScheduler;
+        SD3/FLUX img2img and inpaint call it)."""
+        if not self.is_flow:
+            raise AttributeError("scale_noise is the flow-matching forward process; this is a "
+                                 "DDPM-family config (use add_noise)")
+        if self.sigmas is None:
+            raise RuntimeError("call set_timesteps before scale_noise")
+        _check_tensor(sample, "sample")
+        if noise is None:
+            raise ValueError("scale_noise needs noise")
+        timestep = torch.as_tensor(timestep).reshape(-1)
+        if self._begin_index is None:
+            idx = [self._index_of(_timestep_value(t)) for t in timestep]
+        elif self._step_index is not None:
+            idx = [self._step_index] * timestep.shape[0]
+        else:
+            idx = [self._begin_index] * timestep.shape[0]
+        sig = self.sigmas.to(device=sample.device, dtype=sample.dtype)[idx].flatten()
+        while sig.dim() < sample.dim():
+            sig = sig.unsqueeze(-1)
+        return sig * noise + (1.0 - sig) * sample
+
+    def _index_of(self, t: float) -> int:
+        try:
+            return self._ts_values.index(t)
+        except ValueError:
+            kind = "sampling" if self._direction == "forward" else "inversion"
+            raise ValueError(f"timestep {t:g} is not a {kind} timestep of this scheduler's "
+                             f"grid {_summarise(self._ts_values)}; step through "
+                             "scheduler.timesteps") from None
+
     # ------------------------------------------------------------ run bookkeeping
-    def _start_node(self) -> int:
-        raise NotImplementedError
-
-    def _end_node(self) -> int:
-        raise NotImplementedError
-
-    def _node_timestep(self, m: int) -> int | float:
-        return _timestep_value(self.grid.timesteps[m])
-
-    def _check_call(self, model_output: Any, timestep: Any, sample: Any) -> int:
-        """Validate one ``step`` call before anything changes; return its node."""
+    def _check_call(self, model_output: Any, timestep: Any, sample: Any, eta: float,
+                    variance_noise: Any) -> int:
+        """Validate one ``step`` call before anything changes; return its timestep index."""
+        if eta != 0.0:
+            raise ValueError(f"eta = {eta!r}: a stochastic (η > 0) step adds fresh noise and has "
+                             "no exact inverse; these schedulers run the deterministic η = 0 "
+                             "step only")
+        if variance_noise is not None:
+            raise ValueError("variance_noise is the noise of a stochastic (η > 0) step, which "
+                             "has no exact inverse; pass none")
         if self.grid is None:
             raise RuntimeError("call set_timesteps before step")
         _check_tensor(sample, "sample")
         _check_tensor(model_output, "model_output")
         t = _timestep_value(timestep)
-        in_run = self._next is not None and self._next != self._end_node()
-        m = self._next if in_run else self._start_node()
-        expected = self._node_timestep(m)
-        if t != expected:
-            known = [int(v) for v in self.timesteps.tolist()]
-            if t not in known:
-                kind = "sampling" if self._direction == "forward" else "inversion"
-                raise ValueError(f"timestep {t} is not a {kind} timestep of this scheduler's "
-                                 f"grid {_summarise(known)}; step through scheduler.timesteps")
-            raise ValueError(
-                f"step expected timestep {expected}, got {t}: steps must follow "
-                "scheduler.timesteps one by one, in order (no skipped, repeated or reordered "
-                "timesteps)" + ("; call set_timesteps(...) to abandon this run and start a new "
-                                "one" if in_run else ""))
-        if in_run and tuple(sample.shape) != self._shape:
-            raise ValueError(
-                f"sample has shape {tuple(sample.shape)} but this run started with shape "
-                f"{self._shape}: the batch size (or shape) cannot change in mid-run; call "
-                "set_timesteps(...) to start a new run")
+        n = len(self._ts_values)
+        in_run = self._step_index is not None and self._step_index < n
+        if in_run:
+            i = self._step_index
+            if t != self._ts_values[i]:
+                self._index_of(t)  # a timestep not on the grid at all says so
+                raise ValueError(
+                    f"step expected timestep {self._ts_values[i]:g} (timesteps[{i}]), got "
+                    f"{t:g}: steps must follow scheduler.timesteps one by one, in order (no "
+                    "skipped, repeated or reordered timesteps); call set_timesteps(...) to "
+                    "abandon this run and start a new one")
+            if tuple(sample.shape) != self._shape:
+                raise ValueError(
+                    f"sample has shape {tuple(sample.shape)} but this run started with shape "
+                    f"{self._shape}: the batch size (or shape) cannot change in mid-run; call "
+                    "set_timesteps(...) to start a new run")
+        elif self._begin_index is not None:
+            i = self._begin_index
+            if t != self._ts_values[i]:
+                raise ValueError(f"set_begin_index({i}) starts runs at timesteps[{i}] = "
+                                 f"{self._ts_values[i]:g}, but the first step came at {t:g}")
+        else:
+            i = self._index_of(t)
         if model_output.shape != sample.shape:
             raise ValueError(
                 f"model_output has shape {tuple(model_output.shape)} but sample has shape "
                 f"{tuple(sample.shape)} (with classifier-free guidance, combine the two halves "
                 "of the batch before calling step)")
-        return m
+        return i
 
-    def _new_run(self, sample: torch.Tensor, dtype: torch.dtype) -> Run:
+    def _new_run(self, sample: torch.Tensor, dtype: torch.dtype, index: int) -> Run:
         run = Run(_no_eps, self.grid, sample.to(dtype), check_finite=True, callback=None,
                   disable=True, desc="", total=0)
         self._run, self._shape = run, tuple(sample.shape)
+        self._start_index = index
         return run
 
     def _node_eps(self, model_output: torch.Tensor, sample: torch.Tensor, m: int,
@@ -260,8 +584,12 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
                          self.config.prediction_type)
         if not bool(torch.isfinite(out).all()):
             raise FloatingPointError(f"the model output is NaN/Inf at timestep "
-                                     f"{self._node_timestep(m)} (node {m})")
+                                     f"{self._node_timestep(m):g} (node {m})")
         return out
+
+    def _node_timestep(self, m: int) -> float:
+        return self._ts_values[self._nodes.index(m)] if m in self._nodes \
+            else float(self.grid.timesteps[m])
 
     def _x0_pred(self, m: int, eps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``x̂_0 = x̄_m − σ̄_m ε`` (= ``(x − σ ε)/α``), in the pipeline's dtype."""
@@ -279,7 +607,7 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
             out = None
         if out is not None and torch.equal(out, sample.to(out.device)):
             return
-        warnings.warn(f"latents at timestep {self._node_timestep(m)} differ from what the "
+        warnings.warn(f"latents at timestep {self._node_timestep(m):g} differ from what the "
                       "scheduler returned; continuing from the given latents",
                       RuntimeWarning, stacklevel=3)
         w.put(m, sample.to(dtype) / float(self.grid.alphas[m]), aux=sample)
@@ -293,32 +621,44 @@ class BELMScheduler(_LMSchedulerBase):
 
     ``from_config`` accepts DDIM, PNDM, DPM-Solver, Euler, … configs (β schedule,
     ``timestep_spacing``, ``steps_offset``, ``set_alpha_to_one``/``final_sigmas_type``,
-    ``prediction_type``); extra keys are ignored.  ``method`` is a name parsed by
-    :func:`~lmsolvers.method_from_name` (``"obelm"``, ``"ddim"``, ``"bdia(0.5)"``, …;
-    bare ``"bdia"`` takes ``bdia_gamma``).  One network evaluation per step
-    (``order = 1``).  Step at node m (the pipeline's ``timestep``, looked up in the
-    grid's table) computes, in ``state_dtype``, the method's relation
+    ``prediction_type``, ``rescale_betas_zero_snr``) and ``FlowMatchEulerDiscreteScheduler``
+    configs (``shift``, dynamic shifting, …: ``flow=True``); extra keys are ignored.
+    ``method`` is a name parsed by :func:`~lmsolvers.method_from_name` (``"obelm"``,
+    ``"ddim"``, ``"bdia(0.5)"``, …; bare ``"bdia"`` takes ``bdia_gamma``).  One network
+    evaluation per step (``order = 1``).  Step at node m (the pipeline's ``timestep``,
+    looked up in the grid's table) computes, in ``state_dtype``, the method's relation
 
         ``x̄_{m−1} = Σ_j a_{m,j} x̄_{m−1+j} + Σ_j b_{m,j} h_{m−1+j} ε̄_{m−1+j}``
 
-    (the first k − 1 steps from noise use the DDIM starter ``x̄_{m−1} = x̄_m − h_m ε̄_m``)
-    and returns ``x_{m−1} = α_{m−1} x̄_{m−1}`` in the dtype of ``sample``.
-    Thresholding/clipping are not supported (they would break invertibility).
+    (the first k − 1 steps of a run use the DDIM starter ``x̄_{m−1} = x̄_m − h_m ε̄_m``
+    from the node the run enters at) and returns ``x_{m−1} = α_{m−1} x̄_{m−1}`` in the
+    dtype of ``sample``.  At an α = 0 top node the step is the entry step
+    ``x̄_N = x̂_0 + σ̄_N ε̂``.  A run that starts at the top from the last output of a
+    :class:`BELMInverseScheduler` (found by content in :attr:`handoff`) resumes its full
+    latent; see the module docstring.
     """
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None
-                      ) -> None:
-        """Build the grid and set ``timesteps`` (descending: nodes N … 1); starts a new run
-        (a loaded latent stays loaded)."""
-        self._build_grid(num_inference_steps)
-        ts = self.grid.timesteps[1:][::-1].astype(np.int64)
-        self.timesteps = torch.from_numpy(ts.copy()).to(device)
+    #: the process-wide hand-off registry shared with :class:`BELMInverseScheduler`
+    handoff: LatentHandoff = _HANDOFF
 
-    def _start_node(self) -> int:
-        return self.grid.N
-
-    def _end_node(self) -> int:
-        return 0
+    def set_timesteps(self, num_inference_steps: int | None = None,
+                      device: str | torch.device | None = None, *,
+                      timesteps: Sequence[float] | None = None,
+                      sigmas: Sequence[float] | None = None,
+                      mu: float | None = None) -> None:
+        """Build the schedule and set ``timesteps`` (descending: the α = 0 top node if any,
+        then nodes N … 1) and, for flow configs, ``sigmas`` (σ at each timestep, then 0).
+        Custom ``timesteps``/``sigmas`` are any strictly decreasing list (see
+        :func:`~lmsolvers.adapters.schedules.schedule_from_scheduler`); ``mu`` is the
+        dynamic shift of a flow config.  Starts a new run, resets ``begin_index`` (a loaded
+        latent stays loaded)."""
+        self._build_schedule(num_inference_steps, timesteps, sigmas, mu)
+        g, sch = self.grid, self.schedule
+        nodes = list(range(g.N, 0, -1))
+        values = [float(v) for v in g.timesteps[1:][::-1]]
+        if sch.top_timestep is not None:
+            nodes, values = [g.N + 1] + nodes, [sch.top_timestep] + values
+        self._set_timestep_table(values, nodes, device)
 
     # ------------------------------------------------------------------ latents
     @property
@@ -346,99 +686,171 @@ class BELMScheduler(_LMSchedulerBase):
         """Resume sampling runs from a full inverted latent; returns the ``latents`` to pass.
 
         Checks at once that this scheduler's config can produce the latent's grid (every
-        node), runs its method and has its prediction type
+        node; the grid of the last ``set_timesteps`` if it has the latent's size, else the
+        config's grid of that size), runs its method and has its prediction type
         (:class:`~lmsolvers.LatentMismatchError` saying what differs, before anything is
-        stored), stores it and returns ``x_T = α_N x̄_N`` (``α_N`` from the latent's grid
-        table) in ``dtype`` on ``device``.  Each later run starting from that ``x_T``
-        takes its first k − 1 states from the latent, after checking it against the run's
-        grid (so the pipeline needs the inversion's ``num_inference_steps``); a run from
-        other ``latents`` is refused until :meth:`clear_latent`.
+        stored), stores it and returns ``x_N = α_N x̄_N`` in ``dtype`` on ``device``.
+        Each later run starting at the top of the grid from that tensor takes its states
+        from the latent, after checking it against the run's grid; a run from other
+        ``latents`` is refused until :meth:`clear_latent`.
         """
         if not isinstance(latent, Latent):
             raise TypeError(f"expected an lmsolvers Latent, got {type(latent).__name__}")
         N = latent.grid.N
-        grids = []
-        for n in (N, N + 1):  # linspace onto ᾱ_0 drops a zero step: n steps give N = n − 1
-            try:
-                grids.append((n, grid_from_scheduler(self, n)))
-            except ValueError:
-                continue
-        fitting = [(n, g) for n, g in grids if g.N == N] or grids[:1]
-        if not fitting:
-            raise ValueError(f"this scheduler's config has no grid of {N} steps, the latent's")
+        grids: list[tuple[str, Grid]] = []
+        if self.grid is not None and self.grid.N == N:
+            grids.append(("the grid of the last set_timesteps", self.grid))
+        else:
+            # linspace onto ᾱ_0 drops a zero step, an α = 0 top node is not a grid node:
+            # n steps can give N = n − 1
+            for n in (N, N + 1):
+                try:
+                    g = schedule_from_scheduler(self, n).grid
+                except ValueError:
+                    continue
+                if g.N == N:
+                    grids.append((f"this config's grid for num_inference_steps = {n}", g))
+        if not grids:
+            raise ValueError(f"this scheduler's config has no grid of {N} steps, the "
+                             "latent's (a dynamically shifted flow config needs "
+                             "set_timesteps(..., mu=...) before load_latent)")
         errors = []
-        for n, g in fitting:
+        for what, g in grids:
             try:
                 self._check_latent(latent, g)
                 break
             except LatentMismatchError as exc:
-                errors.append((n, exc))
+                errors.append((what, exc))
         else:
-            n, exc = errors[0]
+            what, exc = errors[0]
             raise LatentMismatchError(
-                f"{exc} [load_latent compared the latent with this scheduler's grid for "
-                f"num_inference_steps = {n}: a latent resumes only under the scheduler config "
-                "it was inverted with]") from None
+                f"{exc} [load_latent compared the latent with {what}: a latent resumes only "
+                "under the scheduler config it was inverted with]") from None
         self._latent = latent
         x_N = latent.x_N
         dev = torch.device(device) if device is not None else x_N.device
         alpha = float(latent.grid.alphas[-1])
         return (x_N.to(dev, self._state_dtype(dev)) * alpha).to(dtype)
 
-    def _start(self, sample: torch.Tensor, dtype: torch.dtype) -> Run:
-        """Validate the run's start (the loaded latent first), then fill the window."""
+    def _resume(self, latent: Latent, sample: torch.Tensor, dtype: torch.dtype,
+                index: int) -> Run:
+        N = self.grid.N
+        states = [st.to(sample.device, dtype) for st in latent.states]
+        run = self._new_run(sample, dtype, index)
+        for m, st in zip(latent.nodes, states, strict=True):
+            run.window.put(m, st, aux=self._to_model(st, m, sample) if m == N else None)
+        return run
+
+    def _start(self, sample: torch.Tensor, dtype: torch.dtype, index: int) -> Run:
+        """Validate the run's start (a loaded or handed-off latent first), fill the window."""
         g, k, N = self.grid, self._method.k, self.grid.N
+        node = self._nodes[index]
+        at_top = index == 0
         latent = self.loaded_latent
         if latent is not None:
+            if not at_top:
+                raise ValueError(
+                    f"a latent is loaded, but this run starts at timesteps[{index}] "
+                    f"= {self._ts_values[index]:g}, not at the top of the grid; call "
+                    "scheduler.clear_latent() to start in mid-schedule")
             self._check_latent(latent, g)
-            states = [st.to(sample.device, dtype) for st in latent.states]
-            top = self._to_model(states[-1], N, sample)
+            top = self._to_model(latent.states[-1].to(sample.device, dtype), N, sample)
             if top.shape != sample.shape or not torch.equal(top, sample):
                 raise ValueError(
                     "a latent is loaded, but the latents passed to the pipeline are not its x_T; "
                     "pass latents=scheduler.load_latent(latent, dtype=unet.dtype), or call "
                     "scheduler.clear_latent() to sample from other noise")
-            run = self._new_run(sample, dtype)
-            for m, st in zip(latent.nodes, states, strict=True):
-                run.window.put(m, st, aux=sample if m == N else None)
-            return run
+            self._entry = N
+            return self._resume(latent, sample, dtype, index)
+        if at_top:
+            handed, seen = self.handoff.lookup(sample)
+            if handed is not None:
+                try:
+                    self._check_latent(handed, g)
+                except LatentMismatchError as exc:
+                    warnings.warn(
+                        f"these latents are the last output of a BELMInverseScheduler run, but "
+                        f"its latent does not fit this run ({exc}); sampling from x_T alone, "
+                        "which is NOT the inverse. Sample with the inversion's scheduler "
+                        "config, steps and method", InvertedLatentWarning, stacklevel=4)
+                else:
+                    if handed.states[0].shape == sample.shape:
+                        self._entry = N
+                        return self._resume(handed, sample, dtype, index)
+            elif seen:
+                warnings.warn(
+                    "these latents are the last output of a BELMInverseScheduler run whose "
+                    "full latent is no longer registered (LatentHandoff keeps the last "
+                    f"{self.handoff.capacity}); sampling from x_T alone is NOT the inverse. "
+                    "Keep the inverse scheduler's .latent and pass "
+                    "latents=scheduler.load_latent(latent)", InvertedLatentWarning,
+                    stacklevel=4)
         if k > 1 and self._method.starter != "ddim":
             raise ValueError(
                 f"method {self._method.name!r} starts with an RK4 starter, which needs "
                 "evaluations between grid nodes; a pipeline gives one per node. Sample it "
                 "with DiffusionSampler, or from a full latent (load_latent)")
-        run = self._new_run(sample, dtype)
-        run.window.put(N, sample.to(dtype) / float(g.alphas[N]), aux=sample)
+        run = self._new_run(sample, dtype, index)
+        if node <= N:
+            run.window.put(node, sample.to(dtype) / float(g.alphas[node]), aux=sample)
+            self._entry = node
+        else:
+            self._entry = N
         return run
 
     def step(
         self,
         model_output: torch.Tensor,
-        timestep: int | torch.Tensor,
+        timestep: int | float | torch.Tensor,
         sample: torch.Tensor,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
-        **kwargs: Any,
     ) -> BELMSchedulerOutput | tuple:
         """One step from the node of ``timestep`` down to the next node of the grid.
 
-        ``timestep`` must be the next entry of ``timesteps`` (the first one starts a run),
-        and ``sample``/``model_output`` keep the run's shape; otherwise ``ValueError``.
+        DDIMScheduler's signature.  ``eta`` must be 0 and ``variance_noise`` ``None`` (a
+        stochastic step has no exact inverse: ``ValueError``); ``generator`` and
+        ``use_clipped_model_output`` have nothing to act on (no noise, no clipping).
+        ``timestep`` must be the next entry of ``timesteps`` (the first one of a run may be
+        any entry, or ``timesteps[begin_index]``), and ``sample``/``model_output`` keep the
+        run's shape; otherwise ``ValueError``.
         """
-        m = self._check_call(model_output, timestep, sample)
+        i = self._check_call(model_output, timestep, sample, eta, variance_noise)
         g, k, N = self.grid, self._method.k, self.grid.N
         dtype = self._state_dtype(sample.device)
-        if m == N:
-            run = self._start(sample, dtype)
+        m = self._nodes[i]
+        starting = not (self._step_index is not None and self._step_index < len(self._nodes))
+        if starting:
+            run = self._start(sample, dtype, i)
         else:
             run = self._run
-            self._sync_state(m, sample, dtype)
+            if m <= N:
+                self._sync_state(m, sample, dtype)
         w = run.window
+        if m > N:  # the α = 0 top node: the entry step onto node N (docs/design.md §9)
+            if N not in w:
+                x0, eps = top_prediction(model_output.to(dtype), sample.to(dtype),
+                                         self.config.prediction_type)
+                if not bool(torch.isfinite(x0).all() and torch.isfinite(eps).all()):
+                    raise FloatingPointError("the model output is NaN/Inf at the α = 0 top "
+                                             f"timestep {self._ts_values[i]:g}")
+                xN = x0 + float(g.sigma_bar[N]) * eps
+                prev = self._to_model(xN, N, sample)
+                w.put(N, xN, aux=prev)
+                x0 = x0.to(sample.dtype)
+            else:  # resumed from a latent: x̄_N is given
+                prev = w.aux(N)
+                x0 = top_prediction(model_output, sample, self.config.prediction_type)[0]
+            return self._finish(i, prev, x0, return_dict)
         eps_m = self._node_eps(model_output, sample, m, dtype)
         w.set_eps(m, eps_m)
         r = m - 1
         if r in w:  # given by a loaded latent
             xr = w[r]
-        elif m > N - k + 1:  # starter from noise
+        elif m > self._entry - k + 1:  # starter from the node the run entered at
             xr = euler_step(w[m], float(g.sigma_bar[r]) - float(g.sigma_bar[m]), eps_m)
         else:
             xr = lm_step(self._coeffs, r, w)
@@ -447,7 +859,11 @@ class BELMScheduler(_LMSchedulerBase):
         w.put(r, xr, aux=prev)
         for old in [n for n in w.nodes if n >= r + k]:
             w.drop(old)
-        self._next = r
+        return self._finish(i, prev, x0, return_dict)
+
+    def _finish(self, i: int, prev: torch.Tensor, x0: torch.Tensor,
+                return_dict: bool) -> BELMSchedulerOutput | tuple:
+        self._step_index = i + 1
         if not return_dict:
             return (prev, x0)
         return BELMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
@@ -456,32 +872,40 @@ class BELMScheduler(_LMSchedulerBase):
 class BELMInverseScheduler(_LMSchedulerBase):
     """Exact inversion in a diffusers-style loop (cf. ``DDIMInverseScheduler``).
 
-    ``timesteps`` ascend over nodes 0 … N−1; the model is evaluated at the current
-    state and its timestep, and ``step`` returns the state one node up, solving the
-    method's relation for its farthest node,
+    ``timesteps`` ascend over the finite nodes 0 … N−1 (an α = 0 top node is never
+    reached: the inversion ends at node N, and its output there is the top state of the
+    latent); the model is evaluated at the current state and its timestep, and ``step``
+    returns the state one node up, solving the method's relation for its farthest node,
     ``x̄_{r+k} = (x̄_r − Σ_{j<k} a_{r+1,j} x̄_{r+j} − Σ_{j<k} b_{r+1,j} h ε̄_{r+j}) / a_{r+1,k}``
-    (the first k − 1 steps run the DDIM starter upwards, whatever the method's starter:
-    that part of an inversion is approximate and does not matter, docs/design.md §3).
-    Steps follow ``timesteps`` in order, as for :class:`BELMScheduler`.  After the last
-    step :attr:`latent` is the :class:`~lmsolvers.Latent` to sample back from; its
+    (the first k − 1 steps of a run — from node 0 or ``timesteps[begin_index]`` — run the
+    DDIM starter upwards, whatever the method's starter: that part of an inversion is
+    approximate and does not matter, docs/design.md §3).  Steps follow ``timesteps`` in
+    order, as for :class:`BELMScheduler`.  After the last step :attr:`latent` is the
+    :class:`~lmsolvers.Latent` to sample back from, and (if ``register_latents``, the
+    default) it is registered in :attr:`handoff` under the content of the last output, so
+    that a :class:`BELMScheduler` run started from that output resumes it exactly.  Its
     context records only the prediction type (the scheduler cannot see the guidance):
     ``DiffusionSampler.sample`` takes it after ``latent.with_context(sampler.context)``.
     """
 
     _direction = "backward"
+    #: the process-wide hand-off registry shared with :class:`BELMScheduler`
+    handoff: LatentHandoff = _HANDOFF
+    #: register finished latents in :attr:`handoff` (set ``False`` on a class or instance
+    #: to keep inversions out of the registry)
+    register_latents: bool = True
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None
-                      ) -> None:
-        """Build the grid and set ``timesteps`` (ascending: nodes 0 … N−1); starts a new run."""
-        self._build_grid(num_inference_steps)
-        ts = self.grid.timesteps[:-1].astype(np.int64)
-        self.timesteps = torch.from_numpy(ts.copy()).to(device)
-
-    def _start_node(self) -> int:
-        return 0
-
-    def _end_node(self) -> int:
-        return self.grid.N
+    def set_timesteps(self, num_inference_steps: int | None = None,
+                      device: str | torch.device | None = None, *,
+                      timesteps: Sequence[float] | None = None,
+                      sigmas: Sequence[float] | None = None,
+                      mu: float | None = None) -> None:
+        """Build the schedule (same arguments as :meth:`BELMScheduler.set_timesteps`, in
+        sampling order) and set ``timesteps`` (ascending: nodes 0 … N−1); starts a new run."""
+        self._build_schedule(num_inference_steps, timesteps, sigmas, mu)
+        g = self.grid
+        self._set_timestep_table([float(v) for v in g.timesteps[:-1]], list(range(g.N)),
+                                 device)
 
     def _reset(self) -> None:
         super()._reset()
@@ -490,18 +914,24 @@ class BELMInverseScheduler(_LMSchedulerBase):
     def step(
         self,
         model_output: torch.Tensor,
-        timestep: int | torch.Tensor,
+        timestep: int | float | torch.Tensor,
         sample: torch.Tensor,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
-        **kwargs: Any,
     ) -> BELMSchedulerOutput | tuple:
-        """One inversion step from the current node to the next (noisier) one."""
-        m = self._check_call(model_output, timestep, sample)
+        """One inversion step from the current node to the next (noisier) one (the
+        arguments as :meth:`BELMScheduler.step`)."""
+        i = self._check_call(model_output, timestep, sample, eta, variance_noise)
         g, k, N = self.grid, self._method.k, self.grid.N
         dtype = self._state_dtype(sample.device)
-        if m == 0:
-            run = self._new_run(sample, dtype)
-            run.window.put(0, sample.to(dtype) / float(g.alphas[0]), aux=sample)
+        m = self._nodes[i]
+        if not (self._step_index is not None and self._step_index < len(self._nodes)):
+            run = self._new_run(sample, dtype, i)
+            run.window.put(m, sample.to(dtype) / float(g.alphas[m]), aux=sample)
+            self._entry = m
             self.latent = None
         else:
             run = self._run
@@ -509,19 +939,21 @@ class BELMInverseScheduler(_LMSchedulerBase):
         w = run.window
         eps_m = self._node_eps(model_output, sample, m, dtype)
         w.set_eps(m, eps_m)
-        if m < k - 1:
+        if m < self._entry + k - 1:
             xn = euler_step(w[m], float(g.sigma_bar[m + 1]) - float(g.sigma_bar[m]), eps_m)
         else:
             xn = lm_step_inverse(self._coeffs, m + 1 - k, w)
         x0 = self._x0_pred(m, eps_m, sample)
-        if m >= k - 1:
+        if m >= self._entry + k - 1:
             w.drop(m + 1 - k)
         nxt = self._to_model(xn, m + 1, sample)
         w.put(m + 1, xn, aux=nxt)
-        self._next = m + 1
-        if m + 1 == N:
+        self._step_index = i + 1
+        if m + 1 == N and N - self._entry >= k - 1:
             self.latent = self._method.latent(run, self._coeffs,
                                               {"prediction_type": self.config.prediction_type})
+            if self.register_latents:
+                self.handoff.register(nxt, self.latent)
         if not return_dict:
             return (nxt, x0)
         return BELMSchedulerOutput(prev_sample=nxt, pred_original_sample=x0)

@@ -98,9 +98,15 @@ def test_inverse_scheduler_and_resume_from_full_latent_in_the_pipeline(pipe, emb
     # the latent stays loaded: a second run from its x_T is exact again
     again = run_pipe(pipe, embeds, pipe.scheduler.load_latent(inv.latent), w)
     assert torch.equal(again, rec)
-    # restarting from x_T alone (a single-state sampler) is not the inverse
+    # the DDIMInverse-style hand-off: x_T alone, as the inverse scheduler left it, resumes
+    # the full latent (the forward scheduler finds it by content in the shared registry)
     pipe.scheduler.clear_latent()
-    alone = run_pipe(pipe, embeds, (inv.latent.x_N * float(s.grid.alphas[-1])).float(), w)
+    x_T = (inv.latent.x_N * float(s.grid.alphas[-1])).float()
+    assert torch.equal(run_pipe(pipe, embeds, x_T, w), rec)
+    # without the registry, restarting from x_T alone (a single-state sampler) is not the
+    # inverse
+    BELMScheduler.handoff.clear()
+    alone = run_pipe(pipe, embeds, x_T, w)
     assert rel(alone, x0) > 1e-4
 
 
