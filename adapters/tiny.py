@@ -17,6 +17,19 @@ __all__ = [
     "tiny_prompt_embeds",
     "tiny_sd_pipeline",
     "run_tiny_pipeline",
+    "POOLED_DIM",
+    "SDXL_CROSS_DIM",
+    "SDXL_SCHEDULER_CONFIG",
+    "SD3_SCHEDULER_CONFIG",
+    "FLUX_SCHEDULER_CONFIG",
+    "tiny_sdxl_unet",
+    "tiny_flow_vae",
+    "tiny_sd3_transformer",
+    "tiny_flux_transformer",
+    "tiny_embeds",
+    "tiny_sdxl_pipeline",
+    "tiny_sd3_pipeline",
+    "tiny_flux_pipeline",
 ]
 
 #: Stable Diffusion 1.x's scheduler config (as in runwayml/stable-diffusion-v1-5).
@@ -116,3 +129,154 @@ def _to_dtype(module, dtype: torch.dtype):
         return module.to(dtype).eval()
     finally:
         log.setLevel(level)
+
+
+# --------------------------------------------------------------- SDXL, SD3, FLUX
+#: pooled-embedding width of the tiny SDXL/SD3/FLUX components (text_encoder_2's projection)
+POOLED_DIM = 32
+#: cross-attention width of the tiny SDXL UNets
+SDXL_CROSS_DIM = 64
+#: SDXL's scheduler config (as in stabilityai/stable-diffusion-xl-base-1.0)
+SDXL_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    set_alpha_to_one=False, steps_offset=1, clip_sample=False, prediction_type="epsilon",
+    timestep_spacing="leading",
+)
+#: SD3's scheduler config (stabilityai/stable-diffusion-3-medium-diffusers: shift 3)
+SD3_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=3.0)
+#: FLUX.1-dev's scheduler config (dynamic shifting: mu from the image sequence length)
+FLUX_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+    max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
+)
+
+
+def tiny_sdxl_unet(seed: int = 0, dtype: torch.dtype = torch.float32, sample_size: int = 8,
+                   refiner: bool = False):
+    """An SDXL-style ``UNet2DConditionModel`` (``addition_embed_type="text_time"``, pooled
+    width 32, cross-attention 64); ``refiner=True``: the refiner's 5 time ids
+    (``original_size + crops + aesthetic_score``) instead of the base's 6."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    n_ids = 5 if refiner else 6
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2), cross_attention_dim=SDXL_CROSS_DIM,
+        projection_class_embeddings_input_dim=8 * n_ids + POOLED_DIM, norm_num_groups=32,
+    )
+    return _to_dtype(unet, dtype)
+
+
+def tiny_flow_vae(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """An SD3/FLUX-style ``AutoencoderKL`` (no quant convs, a ``shift_factor``), 4 latent
+    channels, spatial factor 2."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1,
+        norm_num_groups=32, sample_size=16, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    return _to_dtype(vae, dtype)
+
+
+def tiny_sd3_transformer(seed: int = 0, dtype: torch.dtype = torch.float32,
+                         sample_size: int = 8):
+    """An ``SD3Transformer2DModel`` (1 joint block, patch 2, text width 32, pooled 32)."""
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    model = SD3Transformer2DModel(
+        sample_size=sample_size, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=CROSS_DIM,
+        caption_projection_dim=32, pooled_projection_dim=POOLED_DIM, pos_embed_max_size=16,
+    )
+    return _to_dtype(model, dtype)
+
+
+def tiny_flux_transformer(seed: int = 0, dtype: torch.dtype = torch.float32,
+                          guidance_embeds: bool = True):
+    """A ``FluxTransformer2DModel`` (1 double + 1 single block) on 4-channel latents packed
+    2×2 (in_channels 16); ``guidance_embeds`` as FLUX.1-dev (False: FLUX.1-schnell)."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=CROSS_DIM, pooled_projection_dim=POOLED_DIM,
+        guidance_embeds=guidance_embeds, axes_dims_rope=(4, 4, 8),
+    )
+    return _to_dtype(model, dtype)
+
+
+def tiny_embeds(seed: int, batch: int = 1, tokens: int = 7, width: int = CROSS_DIM,
+                pooled: int | None = POOLED_DIM, dtype: torch.dtype = torch.float32
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random stand-ins for ``(prompt_embeds, pooled_prompt_embeds)`` of shapes
+    ``(batch, tokens, width)`` and ``(batch, pooled)`` (``pooled=None``: no pooled)."""
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(batch, tokens, width, generator=g).to(dtype)
+    return emb, None if pooled is None else torch.randn(batch, pooled, generator=g).to(dtype)
+
+
+def _quiet(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sdxl_pipeline(unet=None, vae=None, scheduler=None, refiner: bool = False,
+                       img2img: bool = False):
+    """A stock ``StableDiffusionXLPipeline`` (``img2img`` or ``refiner``:
+    ``StableDiffusionXLImg2ImgPipeline``, the refiner with ``requires_aesthetics_score``) of
+    tiny components, without text encoders: call it with ``prompt_embeds``,
+    ``pooled_prompt_embeds`` and their negatives."""
+    from diffusers import (
+        DDIMScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+    )
+
+    parts = dict(vae=vae if vae is not None else tiny_vae(),
+                 text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
+                 unet=unet if unet is not None else tiny_sdxl_unet(refiner=refiner),
+                 scheduler=scheduler if scheduler is not None else DDIMScheduler(
+                     **SDXL_SCHEDULER_CONFIG))
+    if refiner or img2img:
+        pipe = StableDiffusionXLImg2ImgPipeline(**parts, requires_aesthetics_score=refiner,
+                                                force_zeros_for_empty_prompt=not refiner)
+    else:
+        pipe = StableDiffusionXLPipeline(**parts)
+    return _quiet(pipe)
+
+
+def tiny_sd3_pipeline(transformer=None, vae=None, scheduler=None):
+    """A stock ``StableDiffusion3Pipeline`` of tiny components without text encoders: call
+    it with ``prompt_embeds``/``pooled_prompt_embeds`` (and negatives)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    return _quiet(StableDiffusion3Pipeline(
+        transformer=transformer if transformer is not None else tiny_sd3_transformer(),
+        scheduler=scheduler if scheduler is not None else FlowMatchEulerDiscreteScheduler(
+            **SD3_SCHEDULER_CONFIG),
+        vae=vae if vae is not None else tiny_flow_vae(), text_encoder=None, tokenizer=None,
+        text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None))
+
+
+def tiny_flux_pipeline(transformer=None, vae=None, scheduler=None):
+    """A stock ``FluxPipeline`` of tiny components without text encoders: call it with
+    ``prompt_embeds``/``pooled_prompt_embeds``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    return _quiet(FluxPipeline(
+        transformer=transformer if transformer is not None else tiny_flux_transformer(),
+        scheduler=scheduler if scheduler is not None else FlowMatchEulerDiscreteScheduler(
+            **FLUX_SCHEDULER_CONFIG),
+        vae=vae if vae is not None else tiny_flow_vae(), text_encoder=None, tokenizer=None,
+        text_encoder_2=None, tokenizer_2=None))
