@@ -1,0 +1,221 @@
+"""Train a small rectified-flow (flow-matching) model, a diffusers ``UNet2DModel``, on the digits.
+
+The flow-matching counterpart of :mod:`benchmarks.train_digits` (the DDPM): same data split,
+same network, optimiser, learning-rate schedule and weight EMA (imported from there), only the
+noising path, the training target and the saved scheduler differ.
+
+* Path (rectified flow, as SD3/FLUX): ``x_σ = (1 − σ) x_0 + σ ε`` for σ in (0, 1), i.e. the
+  σ̄-ODE of ``docs/design.md`` with ``α = 1 − σ`` and ``σ̄ = σ/(1 − σ)``.
+* Target: the velocity ``v = dx_σ/dσ = ε − x_0``; loss = MSE(v̂, v), unweighted (diffusers'
+  ``compute_loss_weighting_for_sd3`` is 1 for the logit-normal scheme).
+* σ sampling: logit-normal, ``σ = sigmoid(u)`` with ``u ~ N(0, 1)``, drawn by diffusers'
+  ``compute_density_for_timestep_sampling("logit_normal", logit_mean=0, logit_std=1)`` as in
+  diffusers' SD3 training scripts (the SD3 paper's best scheme, rf/lognorm(0, 1)). The scripts
+  then round σ to one of 1000 training timesteps; here σ is kept continuous, because the
+  benchmarks integrate the ODE at arbitrary σ (an N-step grid for every N from 10 to 200), and
+  a network trained on 1000 discrete times would be probed between them everywhere. The
+  density vanishes at σ = 0 and 1 but its tails still cover [1e-3, 1 − 1e-3] with ~0.3 % of
+  the draws each side, and the two ends are the easy ones for a velocity model (v → ε − E[x_0]
+  at σ → 1; at σ → 0, where ε cannot be seen, ε̂ = x + (1 − σ) v̂ only needs v̂ ≈ ε̂ − x).
+* Timestep input: ``t = 1000 σ`` (float), the ``timesteps`` that
+  ``FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)`` hands to the model.
+* Output (``--out``): ``config.json`` + ``diffusion_pytorch_model.safetensors`` (EMA weights,
+  float32) and the ``scheduler_config.json`` of ``FlowMatchEulerDiscreteScheduler(shift=1.0)``
+  (no resolution shift: the model is trained on the unshifted logit-normal density, and an
+  8x8 image has no extra resolution for a shift to compensate; SD3 uses shift 3 at 1024²),
+  ``train_log.csv`` with the loss and ``train_summary.json``.
+
+Usage (from the repository root)::
+
+    .venv/bin/python -m benchmarks.train_digits_flow --steps 8000 --minutes 38
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.training_utils import compute_density_for_timestep_sampling
+from tqdm import tqdm
+
+from .digits_data import REPO_ROOT, load_digits_split
+from .train_digits import build_unet, ema_update, lr_at
+
+#: Where the trained model is committed.
+DEFAULT_OUT = REPO_ROOT / "models" / "digits_flow"
+#: Logit-normal σ density of SD3 training (mean and std of the logit).
+LOGIT_MEAN = 0.0
+LOGIT_STD = 1.0
+
+
+def build_flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """Return the sampling scheduler saved with the model: unshifted flow matching, 1000 steps.
+
+    ``shift=1.0`` keeps σ = t/1000 (see the module docstring for why no shift);
+    ``num_train_timesteps=1000`` fixes the model-time scale t = 1000 σ used in training.
+    """
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+
+
+def sample_sigmas(batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Draw training noise levels σ ∈ (0, 1) from SD3's logit-normal density.
+
+    ``σ = sigmoid(u)``, ``u ~ N(LOGIT_MEAN, LOGIT_STD²)``, via diffusers'
+    ``compute_density_for_timestep_sampling``, kept continuous (not rounded to a timestep).
+    """
+    return compute_density_for_timestep_sampling(
+        "logit_normal", batch, logit_mean=LOGIT_MEAN, logit_std=LOGIT_STD, generator=generator
+    )
+
+
+def flow_pair(
+    x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the noisy input and the velocity target of rectified flow.
+
+    ``x_σ = (1 − σ) x_0 + σ ε`` and ``v = ∂x_σ/∂σ = ε − x_0``; σ has shape ``(B,)``.
+    """
+    s = sigma.view(-1, *([1] * (x0.ndim - 1)))
+    return (1.0 - s) * x0 + s * eps, eps - x0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--steps", type=int, default=8000, help="optimiser steps (default 8000)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=300, help="linear warm-up steps")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget; training stops (and saves) when it is exhausted",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest)")
+    p.add_argument("--log-every", type=int, default=50, help="steps between CSV log rows")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train, then save the EMA UNet, the flow-matching scheduler config and the loss log."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+
+    # The committed split (models/digits_split.json) is read, never rewritten: the flow model
+    # must see exactly the DDPM's training images.
+    x_train, _ = load_digits_split("train")
+    n = x_train.shape[0]
+
+    scheduler = build_flow_scheduler()
+    t_scale = float(scheduler.config.num_train_timesteps)
+    unet = build_unet()
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    n_params = sum(p.numel() for p in unet.parameters())
+    print(f"train images: {n}; UNet parameters: {n_params:,}", flush=True)
+
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / "train_log.csv"
+    log_file = log_path.open("w", newline="")
+    writer = csv.writer(log_file)
+    writer.writerow(["step", "loss", "loss_avg", "lr", "elapsed_s"])
+
+    t0 = time.time()
+    deadline = t0 + 60.0 * args.minutes if args.minutes is not None else math.inf
+    perm = torch.randperm(n, generator=gen)
+    cursor = 0
+    loss_avg = None
+    step = 0
+    stopped_by_clock = False
+    pbar = tqdm(range(args.steps), desc="flow", mininterval=5.0, file=sys.stdout)
+    unet.train()
+    for step in pbar:
+        if cursor + args.batch_size > n:
+            perm = torch.randperm(n, generator=gen)
+            cursor = 0
+        x0 = x_train[perm[cursor : cursor + args.batch_size]]
+        cursor += args.batch_size
+
+        sigma = sample_sigmas(x0.shape[0], gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        x_sigma, v = flow_pair(x0, eps, sigma)
+
+        lr = lr_at(step, args.steps, args.lr, args.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = torch.nn.functional.mse_loss(unet(x_sigma, sigma * t_scale).sample, v)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, unet, min(args.ema_decay, (1.0 + step) / (10.0 + step)))
+
+        val = loss.item()
+        loss_avg = val if loss_avg is None else 0.99 * loss_avg + 0.01 * val
+        if step % args.log_every == 0 or step == args.steps - 1:
+            writer.writerow(
+                [step, f"{val:.6f}", f"{loss_avg:.6f}", f"{lr:.3e}", f"{time.time() - t0:.1f}"]
+            )
+            log_file.flush()
+            pbar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{lr:.1e}")
+        if time.time() > deadline:
+            stopped_by_clock = True
+            print(
+                f"\nwall-clock budget of {args.minutes} min reached at step {step + 1}", flush=True
+            )
+            break
+    pbar.close()
+    log_file.close()
+    elapsed = time.time() - t0
+    steps_done = step + 1
+
+    ema.save_pretrained(args.out, safe_serialization=True)
+    scheduler.save_pretrained(args.out)
+    summary = {
+        "steps": steps_done,
+        "steps_planned": args.steps,
+        "stopped_by_wall_clock": stopped_by_clock,
+        "batch_size": args.batch_size,
+        "peak_lr": args.lr,
+        "ema_decay": args.ema_decay,
+        "seed": args.seed,
+        "threads": args.threads,
+        "elapsed_s": round(elapsed, 1),
+        "final_loss_ema_avg": round(float(loss_avg), 6) if loss_avg is not None else None,
+        "parameters": n_params,
+        "train_images": n,
+        "weights": "EMA",
+        "path": "x_sigma = (1 - sigma) x0 + sigma eps",
+        "target": "v = eps - x0 (MSE, unweighted)",
+        "sigma_density": f"logit-normal(mean={LOGIT_MEAN}, std={LOGIT_STD}), continuous",
+        "timestep_input": f"t = {t_scale:g} * sigma",
+    }
+    (args.out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(
+        f"saved EMA UNet to {args.out} after {steps_done} steps in {elapsed / 60:.1f} min; "
+        f"smoothed loss {loss_avg:.4f}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
