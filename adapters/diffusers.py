@@ -594,14 +594,19 @@ class DiffusionSampler:
                                   negative_prompt_embeds=negative_prompt_embeds,
                                   unet_kwargs=unet_kwargs)
         self._prediction_type = prediction_type
-        self._eps_cache: dict[float | None, DiffusersEps] = {}
+        self._eps_cache: dict[int, DiffusersEps] = {}
         self.schedule: Schedule | None = self._fixed
-        # build ε once up front: bad conditioning fails here, not mid-run
-        probe = self._fixed if self._fixed is not None else None
-        self._probe = self._eps_for(probe) if probe is not None else DiffusersEps(
-            unet, _probe_grid(scheduler), scheduler, prediction_type=prediction_type,
-            **self._given(self._conditioning))
-        dev = self._probe.device
+        # build ε up front when conditioning is given (or none is needed): bad conditioning
+        # fails here, not mid-run; otherwise it comes with sample/invert
+        self._probe: DiffusersEps | None = None
+        given = self._given(dict(conditioning, prompt_embeds=prompt_embeds,
+                                 negative_prompt_embeds=negative_prompt_embeds,
+                                 unet_kwargs=unet_kwargs))
+        if given or self.family == "unet":
+            self._probe = self._eps_for(self._fixed) if self._fixed is not None else \
+                DiffusersEps(unet, _probe_grid(scheduler), scheduler,
+                             prediction_type=prediction_type, **self._given(self._conditioning))
+        dev = next(unet.parameters()).device
         self.state_dtype = resolve_state_dtype(state_dtype, dev)
         self.disable_progress = disable_progress
 
@@ -662,7 +667,7 @@ class DiffusionSampler:
                  conditioning: Mapping[str, Any] | None = None) -> DiffusersEps:
         if schedule is None:
             schedule = self._require_schedule()
-        key = None if schedule is None else id(schedule.grid)
+        key = id(schedule.grid)
         if not conditioning:
             cached = self._eps_cache.get(key)
             if cached is not None and cached.grid is schedule.grid:
@@ -697,11 +702,18 @@ class DiffusionSampler:
         """Backward parasitic growth of the method on the grid (the class docstring)."""
         return float(self.method.amplification(self.grid, "backward"))
 
+    def _probe_eps(self) -> DiffusersEps:
+        if self._probe is None:
+            raise ValueError(f"this {type(self.unet).__name__} needs conditioning "
+                             "(prompt_embeds, …): pass it to the constructor, or to "
+                             "sample/invert")
+        return self._probe
+
     @property
     def context(self) -> dict[str, Any]:
         """Model-side settings recorded in a latent by :meth:`invert` and checked by
-        :meth:`sample` (:attr:`DiffusersEps.context`)."""
-        return self._probe.context
+        :meth:`sample` (:attr:`DiffusersEps.context`) under the constructor's conditioning."""
+        return self._probe_eps().context
 
     # --------------------------------------------------------------- the runs
     def _state(self, x: torch.Tensor, eps: DiffusersEps, alpha: float, name: str
@@ -714,9 +726,10 @@ class DiffusionSampler:
         device and ``state_dtype`` (its identity unchanged)."""
         if not isinstance(latent, Latent):
             raise TypeError(f"expected an lmsolvers Latent, got {type(latent).__name__}")
+        eps = self._probe_eps()
         for st in latent.states:
-            self._probe.check_state(st, "latent state")
-        return latent.with_states([st.to(self._probe.device, self.state_dtype)
+            eps.check_state(st, "latent state")
+        return latent.with_states([st.to(eps.device, self.state_dtype)
                                    for st in latent.states])
 
     def _resolve(self, x: torch.Tensor | Latent) -> Schedule:

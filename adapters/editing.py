@@ -43,7 +43,8 @@ __all__ = [
 
 def encode_image(vae: torch.nn.Module, image: torch.Tensor, *, deterministic: bool = True,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Latents ``z = scaling_factor · E(image)`` of images in [−1, 1], shape (B, 3, H, W).
+    """Latents ``z = scaling_factor · (E(image) − shift_factor)`` of images in [−1, 1], shape
+    (B, 3, H, W), as the pipelines scale them (``shift_factor``: SD3/FLUX VAEs; 0 otherwise).
 
     ``deterministic=True`` takes the posterior mean (reproducible; what exact inversion
     wants), otherwise a sample drawn with ``generator``.
@@ -52,13 +53,19 @@ def encode_image(vae: torch.nn.Module, image: torch.Tensor, *, deterministic: bo
     with torch.no_grad():
         dist = vae.encode(image.to(p.device, p.dtype)).latent_dist
         z = dist.mean if deterministic else dist.sample(generator)
-    return z * float(getattr(vae.config, "scaling_factor", 1.0))
+    return (z - _shift(vae)) * float(getattr(vae.config, "scaling_factor", 1.0))
+
+
+def _shift(vae: torch.nn.Module) -> float:
+    return float(getattr(vae.config, "shift_factor", None) or 0.0)
 
 
 def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
-    """Images ``D(z / scaling_factor)`` in the VAE's dtype (roughly in [−1, 1])."""
+    """Images ``D(z / scaling_factor + shift_factor)`` in the VAE's dtype (roughly in
+    [−1, 1])."""
     p = next(vae.parameters())
-    z = latents.to(p.device, p.dtype) / float(getattr(vae.config, "scaling_factor", 1.0))
+    z = latents.to(p.device, p.dtype) / float(getattr(vae.config, "scaling_factor", 1.0)) \
+        + _shift(vae)
     with torch.no_grad():
         return vae.decode(z).sample
 
@@ -83,12 +90,15 @@ def edit_latents(
     *,
     num_inference_steps: int = 50,
     method: Any = None,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | None = None,
     source_guidance_scale: float | None = None,
     frozen_fraction: float = 0.0,
     latent: Latent | None = None,
     state_dtype: torch.dtype = torch.float64,
     disable_progress: bool | None = None,
+    source_pooled_prompt_embeds: torch.Tensor | None = None,
+    target_pooled_prompt_embeds: torch.Tensor | None = None,
+    **conditioning: Any,
 ) -> EditResult:
     """Edit image latents: invert under the source prompt, regenerate under the target.
 
@@ -101,22 +111,31 @@ def edit_latents(
     :class:`~lmsolvers.LatentMismatchError` otherwise).  ``method`` is a core method or its
     name (``"obelm"``, ``"bdia(0.5)"``, …).  Sampling runs under the target's settings on
     purpose, declared with ``latent.with_context(...)``.
+
+    SDXL, SD3 and FLUX: ``source_pooled_prompt_embeds`` / ``target_pooled_prompt_embeds`` are
+    the prompts' pooled embeddings; ``conditioning`` takes the pipelines' other arguments
+    (``negative_pooled_prompt_embeds``, SDXL's ``original_size``…, FLUX's ``true_cfg_scale``,
+    schedule arguments ``sigmas``/``mu``; :class:`~lmsolvers.adapters.DiffusionSampler`) for
+    both prompts.  (For FLUX ``guidance_scale`` is the distilled-guidance embedding.)
     """
     if not 0.0 <= frozen_fraction <= 1.0:
         raise ValueError(f"frozen_fraction must lie in [0, 1], got {frozen_fraction}")
     sgs = guidance_scale if source_guidance_scale is None else source_guidance_scale
-    common = dict(method=method, negative_prompt_embeds=negative_prompt_embeds,
+    common = dict(conditioning, method=method, negative_prompt_embeds=negative_prompt_embeds,
                   state_dtype=state_dtype, disable_progress=disable_progress)
     src = DiffusionSampler(unet, scheduler, num_inference_steps, guidance_scale=sgs,
-                           prompt_embeds=source_prompt_embeds, **common)
+                           prompt_embeds=source_prompt_embeds,
+                           pooled_prompt_embeds=source_pooled_prompt_embeds, **common)
     tgt = DiffusionSampler(unet, scheduler, num_inference_steps, guidance_scale=guidance_scale,
-                           prompt_embeds=target_prompt_embeds, **common)
+                           prompt_embeds=target_prompt_embeds,
+                           pooled_prompt_embeds=target_pooled_prompt_embeds, **common)
+    src.schedule_for(latents)  # size-dependent schedules (FLUX's mu) resolve on the latents
+    grid = tgt.schedule_for(latents).grid
     if latent is None:
         latent = src.invert(latents)
     else:  # the source inversion of these latents, not any latent
         check_latent(latent, src.grid, src.method.key, src.method.name, src.context,
                      src.method.k)
-    grid = tgt.grid
     n_frozen = round(frozen_fraction * grid.N)
     # ε at node m is source-prompted iff m ≥ N − n_f + 1
     threshold = math.inf if n_frozen == 0 else float(grid.sigma_bar[grid.N - n_frozen + 1])
