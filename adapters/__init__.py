@@ -4,7 +4,9 @@
   (:mod:`lmsolvers.adapters.diffusers`);
 * :class:`BELMScheduler`, :class:`BELMInverseScheduler` (:mod:`lmsolvers.adapters.scheduler`);
 * :func:`edit_latents`, :func:`edit_image`, :func:`interpolate`, :func:`encode_image`,
-  :func:`decode_latents` (:mod:`lmsolvers.adapters.editing`).
+  :func:`decode_latents` (:mod:`lmsolvers.adapters.editing`);
+* :class:`ClassEmbeddingUNet`, :func:`class_guided_eps`, :func:`class_sampler`
+  (:mod:`lmsolvers.adapters.guidance`: classifier-free guidance of class-conditional UNets).
 
 The core never imports this package.
 """
@@ -26,6 +28,7 @@ from .editing import (
     interpolate,
     slerp_latents,
 )
+from .guidance import ClassEmbeddingUNet, class_guided_eps, class_sampler
 from .scheduler import BELMInverseScheduler, BELMScheduler, BELMSchedulerOutput
 
 __all__ = [
@@ -45,4 +48,7 @@ __all__ = [
     "edit_image",
     "slerp_latents",
     "interpolate",
+    "ClassEmbeddingUNet",
+    "class_guided_eps",
+    "class_sampler",
 ]

@@ -93,6 +93,11 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
+def build_optimizer(params, lr: float) -> torch.optim.AdamW:
+    """Return the AdamW optimiser of the digits models (weight decay 1e-4, peak rate ``lr``)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in unet.parameters())
     print(f"train images: {n}; UNet parameters: {n_params:,}", flush=True)
 
-    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=1e-4)
+    opt = build_optimizer(unet.parameters(), args.lr)
     gen = torch.Generator().manual_seed(args.seed)
 
     args.out.mkdir(parents=True, exist_ok=True)
