@@ -1,4 +1,5 @@
-"""Command line: ``lmsolvers derive|stability|plot|table``.
+"""Command line: ``lmsolvers derive|stability|plot|table`` and the dataset jobs
+``lmsolvers invert-dataset|reconstruct|verify|sample-dataset`` (docs/jobs.md).
 
 This module imports nothing heavy at module level (no sympy, numpy, torch), so
 ``lmsolvers --help`` is instant; each command imports what it needs when it runs.
@@ -135,6 +136,145 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    """``C,H,W``: positive integers."""
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not C,H,W") from None
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not C,H,W with positive sizes")
+    return dims
+
+
+def _real(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _job_config(args: argparse.Namespace, **extra):
+    from .adapters.jobs import JobConfig
+
+    return JobConfig(
+        out=args.out, model=args.model, eps=args.eps, method=args.method, steps=args.steps,
+        grid=args.grid, guidance=args.guidance, prompt_embeds=args.prompt_embeds,
+        prompt=args.prompt, prompts=args.prompts, negative_prompt=args.negative_prompt,
+        state_dtype=args.state_dtype, model_dtype=args.model_dtype, bitexact=args.bitexact,
+        frac_bits=args.frac_bits, batch_size=args.batch_size, threads=args.threads,
+        deterministic=args.deterministic, device=args.device, overwrite=args.overwrite,
+        allow_env_mismatch=args.allow_env_mismatch, progress=False if args.no_progress else None,
+        **extra)
+
+
+def _report(summary) -> int:
+    """Print the summary table on rank 0; exit code 0 if nothing failed, else 1."""
+    import os
+
+    from .adapters.jobs import format_summary
+
+    if os.environ.get("RANK", "0") == "0":
+        print(format_summary(summary), flush=True)
+    return 0 if summary.ok else 1
+
+
+def _invert_dataset(args: argparse.Namespace) -> int:
+    from .adapters.jobs import invert_dataset
+
+    return _report(invert_dataset(_job_config(args, data=args.data, roundtrip=args.roundtrip)))
+
+
+def _sample_dataset(args: argparse.Namespace) -> int:
+    from .adapters.jobs import sample_dataset
+
+    return _report(sample_dataset(_job_config(args, num_samples=args.num, seed=args.seed,
+                                              shape=args.shape, images=args.images)))
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    from .adapters.jobs import reconstruct
+
+    return _report(reconstruct(args.job, args.out, threads=args.threads,
+                               allow_env_mismatch=args.allow_env_mismatch,
+                               overwrite=args.overwrite, images=args.images, device=args.device,
+                               progress=False if args.no_progress else None))
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import os
+
+    from .adapters.jobs import verify
+
+    summary, rows = verify(args.job, report=args.report, tolerance=args.tolerance,
+                           threads=args.threads, allow_env_mismatch=args.allow_env_mismatch,
+                           recompute=not args.no_recompute, device=args.device,
+                           progress=False if args.no_progress else None,
+                           overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") == "0":
+        for r in rows:
+            if r["status"] != "ok":
+                where = r["id"] if r["id"] is not None else r.get("shard")
+                print(f"{r['status']}: {where}: {r.get('message', '')}", file=sys.stderr)
+    return _report(summary)
+
+
+def _job_arguments(p: argparse.ArgumentParser, dataset: bool) -> None:
+    """The options of invert-dataset and sample-dataset (docs/jobs.md)."""
+    m = p.add_mutually_exclusive_group(required=True)
+    m.add_argument("--model", metavar="DIR", help="diffusers model directory (UNet + "
+                   "scheduler_config.json, or a pipeline with unet/ and scheduler/)")
+    m.add_argument("--eps", metavar="MODULE:FUNCTION", help="entry point: FUNCTION(steps) "
+                   "returns (eps, grid) or (eps, grid, context) of the sigma-bar ODE")
+    if dataset:
+        p.add_argument("--data", required=True, metavar="PATH",
+                       help="folder of images, .npy or .safetensors tensor (N,C,H,W), or "
+                            "MODULE:FUNCTION returning one")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--method", default=None, help="method name (default: the sampler's "
+                   "default exact configuration; obelm for --eps)")
+    p.add_argument("--steps", type=_positive, default=50, help="grid steps (default 50)")
+    p.add_argument("--grid", choices=("designed", "scheduler"), default=None,
+                   help="grid (default: designed for the default method, else the "
+                        "scheduler's spacing)")
+    p.add_argument("--guidance", type=_real, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--prompt-embeds", default=None, metavar="FILE",
+                   help="safetensors file of named prompt embeddings (no text encoder offline)")
+    p.add_argument("--prompt", default=None, metavar="NAME", help="embedding name for all")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="CSV/JSONL with columns id, prompt (an embedding name) per sample")
+    p.add_argument("--negative-prompt", default=None, metavar="NAME",
+                   help="embedding name of the negative prompt (default 'negative')")
+    p.add_argument("--state-dtype", default="float64",
+                   choices=("float16", "bfloat16", "float32", "float64"))
+    p.add_argument("--model-dtype", default="float32",
+                   choices=("float16", "bfloat16", "float32", "float64"))
+    p.add_argument("--bitexact", action="store_true", help="integer fixed-point states")
+    p.add_argument("--frac-bits", type=_positive, default=None, help="bit-exact resolution")
+    p.add_argument("--batch-size", type=_positive, default=8,
+                   help="samples per batch = per shard (part of the result; default 8)")
+    p.add_argument("--threads", type=_positive, default=1, help="torch threads per rank "
+                   "(recorded; default 1)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="torch.use_deterministic_algorithms(True) (needed on GPUs)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (= cuda:LOCAL_RANK)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results")
+    p.add_argument("--allow-env-mismatch", action="store_true",
+                   help="resume in another environment than recorded (warns)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _readback_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", metavar="JOB", help="directory of an invert-dataset job")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="torch threads (default: the recorded count; another is a mismatch)")
+    p.add_argument("--allow-env-mismatch", action="store_true",
+                   help="run in another environment than recorded, with a warning")
+    p.add_argument("--device", default=None, help="default: the recorded device")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lmsolvers",
                 description="Derive, analyse and tabulate k-step BELMs (bidirectional explicit "
@@ -167,6 +307,35 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--kmax", type=_kmax, default=5, metavar="K", help="last k, 1..5")
     t.add_argument("--markdown", action="store_true")
     t.set_defaults(func=_table)
+    inv = sub.add_parser("invert-dataset", help="invert a dataset to latents (shards + "
+                         "manifest; resumable; torchrun for several processes)")
+    _job_arguments(inv, dataset=True)
+    inv.add_argument("--roundtrip", action="store_true",
+                     help="also reconstruct each batch and record the round-trip error")
+    inv.set_defaults(func=_invert_dataset)
+    sd = sub.add_parser("sample-dataset", help="draw samples from per-sample seeds (shards + "
+                        "manifest; resumable)")
+    _job_arguments(sd, dataset=False)
+    sd.add_argument("--num", type=_positive, required=True, help="number of samples")
+    sd.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    sd.add_argument("--shape", type=_shape, default=None, metavar="C,H,W",
+                    help="sample shape (needed with --eps)")
+    sd.add_argument("--images", action="store_true", help="also write PNG images")
+    sd.set_defaults(func=_sample_dataset)
+    rc = sub.add_parser("reconstruct", help="sample an inverted dataset back to data")
+    _readback_arguments(rc)
+    rc.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    rc.add_argument("--images", action="store_true", help="also write PNG images")
+    rc.set_defaults(func=_reconstruct)
+    vf = sub.add_parser("verify", help="check shards and manifest, recompute every round "
+                        "trip, report per-sample errors (exit code 1 on any problem)")
+    _readback_arguments(vf)
+    vf.add_argument("--report", default=None, metavar="FILE", help="per-sample JSONL report")
+    vf.add_argument("--tolerance", type=_real, default=None,
+                    help="max-abs round-trip error accepted (default: 10x the predicted one)")
+    vf.add_argument("--no-recompute", action="store_true",
+                    help="check files and identities only")
+    vf.set_defaults(func=_verify)
     return p
 
 
