@@ -437,7 +437,8 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
         self._nodes = nodes
         if self.is_flow:  # σ at every timestep, then the terminal σ = 0 (FlowMatchEuler)
             g = self.grid
-            sig = [1.0 - float(g.alphas[m]) if m <= g.N else 1.0 for m in nodes]
+            top = self.schedule.top_sigma
+            sig = [1.0 - float(g.alphas[m]) if m <= g.N else top for m in nodes]
             self.sigmas = torch.tensor(sig + [0.0], dtype=torch.float32)
             self.sigma_max, self.sigma_min = float(self.sigmas[0]), float(self.sigmas[-2])
 

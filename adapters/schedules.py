@@ -60,12 +60,16 @@ class Schedule:
     ``top_timestep`` is the model timestep of a top node with ``α = 0`` (σ̄ = ∞) above
     node N — a sampling run then makes N + 1 model calls, the first at ``top_timestep``
     (the entry step ``x̄_N = x̂_0 + σ̄_N ε̂``) — or ``None`` when node N is the top.
-    ``flow`` marks a rectified-flow schedule (α = 1 − σ).
+    ``flow`` marks a rectified-flow schedule (α = 1 − σ); ``top_sigma`` is then the stock
+    scheduler's float32 σ of the top node (1, or 1 ± 2⁻²⁴…2⁻²³ when a float32 shift rounds it:
+    within 2⁻²² of 1 the node counts as α = 0, and the entry step treats it as σ = 1, an
+    error of float32 round-off).
     """
 
     grid: Grid
     top_timestep: float | None = None
     flow: bool = False
+    top_sigma: float | None = None
 
     @property
     def num_model_calls(self) -> int:
@@ -323,24 +327,40 @@ def _monotone(name: str, values: Any) -> np.ndarray:
     return arr
 
 
+#: a first flow sigma this close to 1 (|1 − σ| ≤ a few float32 ulps) is the α = 0 top node
+_TOP_TOLERANCE = 2.0**-22
+
+
 def _flow_schedule(scheduler: Any, cfg: Mapping[str, Any], n: int | None,
                    timesteps: Any, sigmas: Any, mu: float | None) -> Schedule:
-    s32, t32 = _flow_sigmas(scheduler, cfg, n, timesteps, sigmas, mu)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s32, t32 = _flow_sigmas(scheduler, cfg, n, timesteps, sigmas, mu)
     s = s32.astype(np.float64)
     t = t32.astype(np.float64)
-    if np.any(s > 1) or np.any(s <= 0) or np.any(np.diff(s) >= 0):
+    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(t))):
+        raise ValueError(f"this flow config gives non-finite sigmas "
+                         f"{_summarise(s, what='sigmas')} (diffusers returns them as NaN: "
+                         "e.g. shift_terminal with one step from σ = 1 divides 0 by 0)")
+    top = top_sigma = None
+    # α = 0: not a grid node, the run enters the grid from it (§9).  A static shift in
+    # float32 can round σ = 1 to 1 ± 2⁻²⁴…2⁻²³ (e.g. shift 1.8968): that node is the α = 0
+    # node too (as a node it would have σ̄ ≈ 1.7e7 and O-BELM's a_2 ≈ 1e-14, or α < 0)
+    if abs(1.0 - s[0]) <= _TOP_TOLERANCE:
+        top, top_sigma = float(t[0]), float(s[0])
+    rest = s[1:] if top is not None else s
+    if np.any(rest >= 1) or np.any(s <= 0) or np.any(np.diff(s) >= 0):
         raise ValueError(f"flow sigmas must be strictly decreasing in (0, 1], got "
                          f"{_summarise(s, what='sigmas')} after shifting")
-    top = None
-    if s[0] == 1.0:  # α = 0: not a grid node, the run enters the grid from it (§9)
-        top, s, t = float(t[0]), s[1:], t[1:]
+    if top is not None:
+        s, t = s[1:], t[1:]
         if s.size == 0:
             raise ValueError("a single step from σ = 1 to σ = 0 has no finite grid node "
                              "above σ = 0; use at least 2 steps")
     s = np.concatenate([[0.0], s[::-1]])
     t = np.concatenate([[0.0], t[::-1]])
     alphas = 1.0 - s
-    return Schedule(Grid(s / alphas, timesteps=t, alphas=alphas), top, flow=True)
+    return Schedule(Grid(s / alphas, timesteps=t, alphas=alphas), top, flow=True,
+                    top_sigma=top_sigma)
 
 
 # ------------------------------------------------------------------ DDPM family
@@ -417,7 +437,9 @@ def _vp_schedule(scheduler: Any, cfg: Mapping[str, Any], n: int | None, timestep
         if ts.size == 0:
             raise ValueError("a single step from ᾱ = 0 has no finite grid node to enter; "
                              "use at least 2 steps")
-    grid = Grid.from_alphas_cumprod(ac, ts, final_alpha_cumprod=final, final_timestep=0.0)
+    # ᾱ = 0 can only be the last entry (zero terminal SNR), and no node indexes it now
+    table = ac if ac[-1] > 0 else ac[:-1]
+    grid = Grid.from_alphas_cumprod(table, ts, final_alpha_cumprod=final, final_timestep=0.0)
     return Schedule(grid, top)
 
 
@@ -446,8 +468,9 @@ def schedule_from_scheduler(scheduler: Any, num_inference_steps: int | None = No
     Karras/exponential/beta sigmas; custom ``sigmas``/``timesteps``;
     ``num_train_timesteps``), in float32 as the stock scheduler has them, then in float64
     ``α = 1 − σ``, ``σ̄ = σ/(1 − σ)``, model timesteps ``σ·T`` (float32, as diffusers) or
-    the given ``timesteps``; final node σ = 0.  A first sigma of exactly 1 (the default)
-    is the α = 0 top node: ``top_timestep`` = its timestep, and the grid has
+    the given ``timesteps``; final node σ = 0.  A first sigma of 1 (the default)
+    (within float32 round-off, 2⁻²²) is the α = 0 top node: ``top_timestep`` = its
+    timestep, and the grid has
     ``num_inference_steps − 1`` steps.
 
     Every node keeps its model timestep, so the "previous timestep" is read from the
