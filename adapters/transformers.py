@@ -204,6 +204,7 @@ class UNetCall(_Call):
                     raise ValueError(f"negative_prompt_embeds {tuple(self._uncond.shape)} and "
                                      f"prompt_embeds {tuple(self._cond.shape)} differ in shape")
         self._added: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None] | None = None
+        self._interleave_ids = False
         given = {k: v for k, v in sdxl.items() if v is not None}
         if self.family == "sdxl" and "added_cond_kwargs" not in self.unet_kwargs:
             self._added = self._sdxl_added(**given)
@@ -259,6 +260,12 @@ class UNetCall(_Call):
             raise ValueError(
                 f"pooled_prompt_embeds has width {proj}, which does not fit this UNet's added "
                 f"embedding ({expected} inputs = {per_id}·(5 or 6 time ids) + pooled width)")
+        # StableDiffusionXLPipeline batches its time ids as cat([neg, pos]).repeat(B, 1), i.e.
+        # [neg, pos, neg, pos, …] against embeddings [neg × B, pos × B]: for B > 1 with
+        # negative sizes ≠ positive ones its rows are paired crosswise.  Reproduced on purpose
+        # (ε must be the pipeline's bit for bit); the img2img/refiner pipeline pairs them
+        # per half, and so do explicitly given add_time_ids.
+        self._interleave_ids = add_time_ids is None and n_ids == 6
         if add_time_ids is None:
             if original_size is None:
                 raise ValueError(
@@ -332,8 +339,10 @@ class UNetCall(_Call):
         unc = _rows(self._uncond, b, "negative_prompt_embeds")
         if self._added is not None:
             pos, neg = self._added
-            kw["added_cond_kwargs"] = {k: torch.cat([_rows(neg[k], b, k), _rows(pos[k], b, k)])
-                                       for k in pos}
+            added = {k: torch.cat([_rows(neg[k], b, k), _rows(pos[k], b, k)]) for k in pos}
+            if self._interleave_ids:  # the base pipeline's row order (see _sdxl_added)
+                added["time_ids"] = torch.cat([neg["time_ids"], pos["time_ids"]]).repeat(b, 1)
+            kw["added_cond_kwargs"] = added
         out = self.model(torch.cat([x] * 2), t, encoder_hidden_states=torch.cat([unc, cond]),
                          **kw).sample
         e_u, e_c = out.chunk(2)
