@@ -2,6 +2,9 @@
 
 * :func:`grid_from_scheduler`, :class:`DiffusersEps`, :class:`DiffusionSampler`
   (:mod:`lmsolvers.adapters.diffusers`);
+* :func:`model_family`, :data:`CONDITIONING_KWARGS`, :func:`flux_mu`, :func:`sd3_mu`: how SD,
+  SDXL, SD3 and FLUX models are called as their pipelines call them
+  (:mod:`lmsolvers.adapters.transformers`);
 * :class:`BELMScheduler`, :class:`BELMInverseScheduler` (:mod:`lmsolvers.adapters.scheduler`);
 * :func:`edit_latents`, :func:`edit_image`, :func:`interpolate`, :func:`encode_image`,
   :func:`decode_latents` (:mod:`lmsolvers.adapters.editing`);
@@ -18,6 +21,7 @@ from .diffusers import (
     alphas_cumprod_from_config,
     grid_from_scheduler,
     to_epsilon,
+    top_prediction,
 )
 from .editing import (
     EditResult,
@@ -30,6 +34,7 @@ from .editing import (
 )
 from .guidance import ClassEmbeddingUNet, class_guided_eps, class_sampler
 from .scheduler import BELMInverseScheduler, BELMScheduler, BELMSchedulerOutput
+from .transformers import CONDITIONING_KWARGS, flux_mu, model_family, sd3_mu
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -38,6 +43,11 @@ __all__ = [
     "alphas_cumprod_from_config",
     "grid_from_scheduler",
     "to_epsilon",
+    "top_prediction",
+    "CONDITIONING_KWARGS",
+    "model_family",
+    "flux_mu",
+    "sd3_mu",
     "BELMScheduler",
     "BELMInverseScheduler",
     "BELMSchedulerOutput",

@@ -29,6 +29,7 @@ and the two linear recursions cancel to float64 precision.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -427,7 +428,8 @@ def _cut(schedule: Schedule, T: int, denoising_start: float | None,
                          f"{denoising_end} leave no step")
     sub = Grid(grid.sigma_bar[lo:hi + 1], timesteps=t[lo:hi + 1],
                alphas=grid.alphas[lo:hi + 1])
-    return Schedule(sub, top, flow=schedule.flow)
+    return dataclasses.replace(schedule, grid=sub, top_timestep=top,
+                               top_sigma=schedule.top_sigma if top is not None else None)
 
 
 class DiffusionSampler:
