@@ -29,6 +29,7 @@ and the two linear recursions cancel to float64 precision.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -190,7 +191,8 @@ class DiffusersEps:
     ``guidance_scale > 1`` only as in the pipelines (``< 1`` warns that it is treated as 1:
     :attr:`effective_guidance_scale`); for FLUX it is the distilled guidance embedding
     (default 3.5, FluxPipeline's) and ``true_cfg_scale`` is classifier-free guidance.
-    Evaluation is deterministic: ``model.eval()`` and ``torch.no_grad()``.
+    Evaluation is deterministic: ``model.eval()``, and ``torch.no_grad()`` unless the
+    differentiable copy (:meth:`differentiable`) is used.
 
     Parameters
     ----------
@@ -368,10 +370,22 @@ class DiffusersEps:
             return torch.tensor(int(t), dtype=torch.long, device=self.device)
         return torch.tensor(t, dtype=torch.float32, device=self.device)
 
+    #: whether ε keeps autograd's graph (set on the copy :meth:`differentiable` returns)
+    keeps_graph: bool = False
+
+    def differentiable(self) -> DiffusersEps:
+        """This ε (same model, conditioning and :attr:`context`) evaluated with autograd's
+        graph when grad mode is on: for ``sample(..., grad=...)``.  The model stays in eval
+        mode; gradients reach the input, the conditioning tensors that require grad and the
+        model's parameters that do."""
+        other = copy.copy(self)
+        other.keeps_graph = True
+        return other
+
     def model_output(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """The (guided) model output at model-space input ``x`` (model dtype/device), as the
         stock pipeline computes it at timestep ``t``."""
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.keeps_graph and torch.is_grad_enabled()):
             return self.call(x, self._timestep_tensor(t))
 
     def __call__(self, xbar: torch.Tensor, sigma_bar: float) -> torch.Tensor:
@@ -743,17 +757,19 @@ class DiffusionSampler:
             raise TypeError(f"expected a tensor or an lmsolvers Latent, got {type(x).__name__}")
         return self.schedule_for(x)
 
-    def enter(self, x_T: torch.Tensor, **conditioning: Any) -> torch.Tensor:
+    def enter(self, x_T: torch.Tensor, _eps: DiffusersEps | None = None,
+              **conditioning: Any) -> torch.Tensor:
         """The entry step out of the α = 0 top node: ``x̄_N = x̂_0 + σ̄_N ε̂`` from the noise
         ``x_T`` (state dtype, σ̄-space).  It is the σ̄_top → ∞ limit of the DDIM step (for flow:
         exactly FlowMatchEuler's step from σ = 1, ``x_N = x_T + (σ_N − 1) v̂``)."""
         schedule = self._resolve(x_T)
-        eps = self._eps_for(schedule, conditioning)
+        eps = self._eps_for(schedule, conditioning) if _eps is None else _eps
         eps.check_state(x_T, "x_T")
         x0_hat, e_hat = eps.top(x_T.to(eps.device, self.state_dtype))
         return x0_hat + float(schedule.grid.sigma_bar[-1]) * e_hat
 
     def sample(self, x: torch.Tensor | Latent, *, callback: Any = None,
+               grad: str | None = None, params: Sequence[torch.Tensor] | None = None,
                **conditioning: Any) -> torch.Tensor:
         """``x_0`` (in ``state_dtype``) from noise ``x_T`` or from an inverted latent.
 
@@ -763,9 +779,18 @@ class DiffusionSampler:
         the same grid (every node), with the same method and :attr:`context`; anything else
         raises :class:`~lmsolvers.LatentMismatchError` naming the difference.
         ``conditioning`` (pipeline argument names) overrides the constructor's for this run.
+
+        ``grad="reversible"`` makes the result differentiable in O(k) memory by exact
+        reversal, ``grad="full"`` by plain autograd through every step
+        (:func:`lmsolvers.sample`, docs/design.md §10): gradients reach ``x`` (or the latent's
+        states), conditioning tensors that require grad (prompt embeddings, …) and model
+        parameters that do (freeze the model with ``requires_grad_(False)`` when only the
+        noise or the embeddings matter).  The model stays in eval mode, in its dtype.
         """
         schedule = self._resolve(x)
         eps = self._eps_for(schedule, conditioning)
+        if grad is not None:
+            eps = eps.differentiable()
         grid = schedule.grid
         if isinstance(x, Latent):
             for st in x.states:
@@ -773,11 +798,12 @@ class DiffusionSampler:
             start: torch.Tensor | Latent = x.with_states(
                 [st.to(eps.device, self.state_dtype) for st in x.states])
         elif schedule.top_timestep is not None:
-            start = self.enter(x, **conditioning)
+            start = self.enter(x, eps, **conditioning)
         else:
             start = self._state(x, eps, float(grid.alphas[-1]), "x_T")
         xbar0 = sample(eps, grid, self.method, start, callback=callback,
-                       disable=self.disable_progress, context=eps.context)
+                       disable=self.disable_progress, context=eps.context, grad=grad,
+                       params=params)
         return xbar0 * float(grid.alphas[0])
 
     def invert(self, x0: torch.Tensor, *, callback: Any = None, **conditioning: Any) -> Latent:
