@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
@@ -309,16 +310,18 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
             self._ac64 = None
             self.betas = self.alphas = self.alphas_cumprod = self.final_alpha_cumprod = None
         else:
-            ac = alphas_cumprod_from_config(self.config)
-            self._ac64 = ac
-            prev = np.concatenate([[1.0], ac[:-1]])
-            betas = 1.0 - ac / prev
-            #: float32 as in every diffusers scheduler (the float64 table is ``_ac64``)
-            self.betas = torch.from_numpy(betas).float()
-            self.alphas = torch.from_numpy(1.0 - betas).float()
-            self.alphas_cumprod = torch.from_numpy(ac).float()
+            #: the float64 table every grid is built from
+            self._ac64 = alphas_cumprod_from_config(self.config)
+            # the float32 tables diffusers exposes, computed by DDIMScheduler itself so that
+            # code indexing them (add_noise, pipelines) gets DDIM's numbers bit for bit
+            ref = DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start,
+                                beta_end=beta_end, beta_schedule=beta_schedule,
+                                trained_betas=trained_betas,
+                                rescale_betas_zero_snr=rescale_betas_zero_snr)
+            self.betas, self.alphas = ref.betas, ref.alphas
+            self.alphas_cumprod = ref.alphas_cumprod
             final = 1.0 if (set_alpha_to_one if set_alpha_to_one is not None else
-                            final_sigmas_type in (None, "zero")) else float(ac[0])
+                            final_sigmas_type in (None, "zero")) else float(self._ac64[0])
             self.final_alpha_cumprod = torch.tensor(final, dtype=torch.float32)
         self.init_noise_sigma = 1.0
         self._method = _scheduler_method(method, bdia_gamma)

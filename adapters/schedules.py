@@ -390,24 +390,24 @@ def _vp_schedule(scheduler: Any, cfg: Mapping[str, Any], n: int | None, timestep
     if timesteps is not None and sigmas is not None:
         raise ValueError("pass timesteps or sigmas, not both (a DDPM-family config derives "
                          "one from the other)")
-    given = timesteps if timesteps is not None else sigmas
-    if given is not None and n is not None and len(given) != n:
-        raise ValueError(f"num_inference_steps = {n} but {len(given)} "
-                         f"{'timesteps' if timesteps is not None else 'sigmas'} were given")
+    if timesteps is not None and n is not None and len(timesteps) != n:
+        raise ValueError(f"num_inference_steps = {n} but {len(timesteps)} timesteps were given")
+    if sigmas is not None and n is not None and len(sigmas) != n + 1:
+        raise ValueError(f"num_inference_steps = {n} needs {n + 1} sigmas (the final node "
+                         f"included, as EulerDiscreteScheduler), got {len(sigmas)}")
     final = _final_alpha_cumprod(cfg, ac)
     if sigmas is not None:
-        # k-diffusion sigmas σ̄ (EulerDiscrete/DPM-Solver's convention), noisiest first
+        # k-diffusion sigmas σ̄ as EulerDiscreteScheduler takes them: every node, noisiest
+        # first, the last one the final node (0 for the clean image)
         sb = _monotone("sigmas", sigmas)
-        if np.any(sb <= 0):
-            raise ValueError("sigmas must be positive (the final node is added from the "
-                             "config's final ᾱ)")
-        t = _vp_sigma_timesteps(ac, sb)
-        fin = math.sqrt((1.0 - final) / final)
-        if fin >= sb[-1]:
-            raise ValueError(f"the last sigma {sb[-1]!r} is not above the final node's "
-                             f"σ̄ = {fin!r}")
-        nodes = np.concatenate([[fin], sb[::-1]])
-        return Schedule(Grid(nodes, timesteps=np.concatenate([[0.0], t[::-1]])), None)
+        if sb.size < 2:
+            raise ValueError("sigmas lists every node including the final one (Euler's "
+                             "convention): at least 2 entries")
+        if np.any(sb[:-1] <= 0) or sb[-1] < 0:
+            raise ValueError("sigmas must be positive (the last, final node may be 0)")
+        t = np.concatenate([_vp_sigma_timesteps(ac, sb[:-1]),
+                            _vp_sigma_timesteps(ac, sb[-1:]) if sb[-1] > 0 else [0.0]])
+        return Schedule(Grid(sb[::-1], timesteps=t[::-1]), None)
     if timesteps is not None:
         ts = _monotone("timesteps", timesteps)
         if np.any(ts != np.round(ts)) or ts.min() < 0 or ts.max() >= T:
@@ -452,15 +452,17 @@ def schedule_from_scheduler(scheduler: Any, num_inference_steps: int | None = No
     **DDPM family** (DDIM, PNDM, DPM-Solver, Euler, …, ``BELMScheduler``): nodes
     ``σ̄_t = sqrt((1 − ᾱ_t)/ᾱ_t)`` at the sampling timesteps of ``timestep_spacing``
     ('leading' (+ ``steps_offset``), 'trailing', 'linspace'; default 'leading' as
-    DDIM/PNDM), or at the given integer ``timesteps`` (strictly decreasing), or at the
-    given k-diffusion ``sigmas`` (σ̄ values, strictly decreasing, fractional timesteps by
-    interpolating ``log σ̄`` in the table); plus the final node: ``ᾱ = 1`` (σ̄_0 = 0) when
+    DDIM/PNDM), or at the given integer ``timesteps`` (strictly decreasing); plus the
+    final node: ``ᾱ = 1`` (σ̄_0 = 0) when
     ``set_alpha_to_one`` (DDIM default; it wins when present), or, without it,
     ``final_sigmas_type='zero'`` (DPM-Solver, Euler), else ``ᾱ_0``.  A sampling timestep
     0 followed by a final ``ᾱ_0`` would be a zero step (diffusers runs it as a no-op): the
     grid omits it and then has ``num_inference_steps − 1`` steps.  With
     ``rescale_betas_zero_snr`` the timestep ``T − 1`` has ``ᾱ = 0`` exactly: it becomes
-    ``top_timestep``, not a node.
+    ``top_timestep``, not a node.  Custom k-diffusion ``sigmas`` (σ̄, strictly
+    decreasing) are every node including the final one, as EulerDiscreteScheduler takes
+    them (``len(sigmas) = num_inference_steps + 1``; the last may be 0), with fractional
+    timesteps by interpolating ``log σ̄`` in the table.
 
     **Flow matching** (:func:`is_flow_config`): the sigmas of diffusers'
     ``FlowMatchEulerDiscreteScheduler.set_timesteps`` for this config (``shift``;
