@@ -127,9 +127,10 @@ def sample(
         the unrolled loop (stores every step's graph: O(N) memory).  ``"reversible"``:
         O(k) memory — the forward keeps no graph and the backward pass rebuilds each state
         by the inverse step (:mod:`lmsolvers.reversal`, docs/design.md §10); needs an
-        invertible method and refuses (:class:`~lmsolvers.ExactnessError`) when the
-        predicted round-off ``u · R`` exceeds ``tolerance``.  Gradients flow to ``x``
-        (or the latent's states) and to ``params``.
+        invertible method, warns (:class:`~lmsolvers.ExactnessWarning`) when the predicted
+        round-off ``u · R`` exceeds ``tolerance`` and refuses
+        (:class:`~lmsolvers.ExactnessError`) beyond ``max(1, tolerance)``.  Gradients flow
+        to ``x`` (or the latent's states) and to ``params``.
     params:
         With ``grad="reversible"``: the tensors ε depends on that should get gradients
         (default: every leaf requiring grad that one ε evaluation reaches — the model's

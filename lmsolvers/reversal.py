@@ -30,7 +30,8 @@ Round-off: the rebuilt states differ from the forward ones by at most ``u · R``
 that far off and the gradient's relative error is about ``u · R`` times the relative
 Lipschitz constant of ε's Jacobian; the adjoint recursion itself runs the sampling
 direction's (stable) growth.  Where ``u · R`` exceeds the tolerance the gradient would
-be meaningless: :func:`reversible_sample` refuses before any ε call.
+be meaningless: beyond ``u · R = 1`` :func:`reversible_sample` refuses before any ε call
+(above the tolerance, 0.1 by default, it warns, as :func:`lmsolvers.invert` does).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ __all__ = ["reversible_sample", "differentiable_leaves", "differentiable_eps", "
 
 #: values of ``sample(..., grad=...)``
 GRAD_MODES = (None, "full", "reversible")
+
+#: predicted relative rebuild error ``u · R`` beyond which a reversible gradient is refused
+#: (unless the caller's tolerance is larger): the rebuilt states may be off by their own size
+REFUSAL_LIMIT = 1.0
 
 
 def differentiable_leaves(eps: EpsFn, x: torch.Tensor, sigma_bar: float) -> list[torch.Tensor]:
@@ -317,8 +322,9 @@ def reversible_sample(eps: EpsFn, grid: Grid, integ: Integrator, x: torch.Tensor
     Gradients flow to ``x`` (``x̄_N`` or the latent's states) and to ``params``: the
     tensors ε depends on that should receive gradients (default: every leaf requiring
     grad that one evaluation of ε reaches — parameters and closed-over tensors).
-    Refuses (:class:`~lmsolvers.ExactnessError`) when the predicted round-trip error
-    ``u · R`` exceeds ``tolerance``.
+    Warns (:class:`~lmsolvers.ExactnessWarning`) when the predicted round-trip error
+    ``u · R`` exceeds ``tolerance`` and refuses (:class:`~lmsolvers.ExactnessError`) beyond
+    ``max(1, tolerance)``.
     """
     why = integ.why_not_invertible()
     if why is not None:
@@ -333,7 +339,12 @@ def reversible_sample(eps: EpsFn, grid: Grid, integ: Integrator, x: torch.Tensor
     states = list(latent.states) if latent is not None else [x]
     like = states[0]
     if not isinstance(integ, Bitexact):
-        check_exactness(integ, grid, like.dtype, tolerance, strict=True, stacklevel=4,
+        # warn above the tolerance (as invert does); refuse where the bound reaches the
+        # states' own size: the rebuilt trajectory may then be unrelated to the forward one
+        limit = max(REFUSAL_LIMIT, tolerance)
+        check_exactness(integ, grid, like.dtype, limit, strict=True, stacklevel=4,
+                        what="gradient by reversal")
+        check_exactness(integ, grid, like.dtype, tolerance, strict=False, stacklevel=4,
                         what="gradient by reversal")
     plan_f = integ.prepare(grid, like.dtype, "forward")
     plan_b = integ.prepare(grid, like.dtype, "backward")

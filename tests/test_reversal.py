@@ -211,6 +211,9 @@ def test_refusals_name_the_problem():
     with pytest.raises(L.ExactnessError, match=r"gradient by reversal with 'bdia\(0.5\)'.*"
                                               r"amplification 2\.\d+e\+16"):
         L.sample(eps, grid50, "bdia(0.5)", x, grad="reversible", disable=True)
+    # between the tolerance and 1 it warns (the bound is pessimistic), as invert does
+    with pytest.warns(L.ExactnessWarning, match=r"gradient by reversal with 'bdia\(1.0\)'"):
+        L.sample(eps, grid50, "bdia", x, grad="reversible", disable=True, tolerance=1e-16)
     with pytest.raises(ValueError, match="grad must be one of"):
         L.sample(eps, grid50, "obelm", x, grad="adjoint", disable=True)
     with pytest.raises(ValueError, match="no callback"):
