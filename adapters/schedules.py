@@ -166,6 +166,11 @@ def alphas_cumprod_from_config(scheduler: Any) -> np.ndarray:
                 "alphas_cumprod table to read instead"
             )
         return own.copy()
+    if np.any(betas < 0) or np.any(betas > 1) or not np.all(np.isfinite(betas)):
+        bad = np.flatnonzero(~((betas >= 0) & (betas <= 1)))
+        raise ValueError(f"betas must lie in [0, 1]; this config gives β = {betas[bad[0]]!r} at "
+                         f"t = {int(bad[0])} (beta_start {b0}, beta_end {b1}, schedule "
+                         f"{schedule!r}): ᾱ would turn negative")
     ac = alphas_cumprod_from_betas(betas)
     if cfg.get("rescale_betas_zero_snr", False):
         ac = _rescale_zero_terminal_snr(ac)
