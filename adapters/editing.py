@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from lmsolvers.grid import Grid
 from lmsolvers.integrate import sample
 from lmsolvers.latent import Latent, LatentMismatchError, check_latent
 
@@ -32,6 +33,7 @@ from .diffusers import DiffusionSampler
 
 __all__ = [
     "EditResult",
+    "frozen_threshold",
     "encode_image",
     "decode_latents",
     "edit_latents",
@@ -78,6 +80,16 @@ class EditResult:
     latents: torch.Tensor
     latent: Latent
     image: torch.Tensor | None = None
+
+
+def frozen_threshold(grid: Grid, frozen_fraction: float) -> float:
+    """The σ̄ from which on sampling stays on the source prompt in an edit: with
+    ``n_f = round(frozen_fraction · N)`` the ε at node ``m`` is source-prompted iff
+    ``m ≥ N − n_f + 1``, i.e. iff ``σ̄ ≥ σ̄_{N − n_f + 1}`` (``inf`` for ``n_f = 0``: no node)."""
+    if not 0.0 <= frozen_fraction <= 1.0:
+        raise ValueError(f"frozen_fraction must lie in [0, 1], got {frozen_fraction}")
+    n_frozen = round(frozen_fraction * grid.N)
+    return math.inf if n_frozen == 0 else float(grid.sigma_bar[grid.N - n_frozen + 1])
 
 
 def edit_latents(
@@ -136,9 +148,7 @@ def edit_latents(
     else:  # the source inversion of these latents, not any latent
         check_latent(latent, src.grid, src.method.key, src.method.name, src.context,
                      src.method.k)
-    n_frozen = round(frozen_fraction * grid.N)
-    # ε at node m is source-prompted iff m ≥ N − n_f + 1
-    threshold = math.inf if n_frozen == 0 else float(grid.sigma_bar[grid.N - n_frozen + 1])
+    threshold = frozen_threshold(grid, frozen_fraction)
 
     def eps(xbar: torch.Tensor, s: float) -> torch.Tensor:
         return src.eps(xbar, s) if s >= threshold else tgt.eps(xbar, s)

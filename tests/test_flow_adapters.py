@@ -27,6 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from lmsolvers.adapters import BELMScheduler, DiffusionSampler, edit_latents
 from lmsolvers.adapters.diffusers import to_epsilon, top_prediction
+from lmsolvers.adapters.editing import frozen_threshold
 from lmsolvers.adapters.tiny import (
     FLUX_SCHEDULER_CONFIG,
     SD3_SCHEDULER_CONFIG,
@@ -289,6 +290,13 @@ def test_conditioning_at_call_and_editing(sd3, conds):
                        negative_pooled_prompt_embeds=conds["negative_pooled_prompt_embeds"],
                        disable_progress=True)
     assert rel(res.latents, x0) <= 1e-10
+    # the frozen-fraction rule: source ε at nodes m ≥ N − round(f N) + 1
+    g = s.grid
+    assert frozen_threshold(g, 0.0) == math.inf and frozen_threshold(g, 0.05) == math.inf
+    assert frozen_threshold(g, 1.0) == g.sigma_bar[1]
+    assert frozen_threshold(g, 0.4) == g.sigma_bar[g.N - 2 + 1]  # round(0.4·5) = 2
+    with pytest.raises(ValueError, match=r"frozen_fraction must lie in \[0, 1\]"):
+        frozen_threshold(g, 1.5)
 
 
 def test_bad_flow_inputs_are_clear_errors(sd3, flux, conds):
