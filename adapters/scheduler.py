@@ -141,7 +141,9 @@ class LatentHandoff:
     *Scope*: the process; any ``BELMScheduler`` can resume any registered latent whose
     grid, method and prediction type match its run (checked, else
     :class:`InvertedLatentWarning`).  *Lifetime and memory*: the last ``capacity``
-    latents (default 4; each holds k float64 states) are kept, least recently used
+    latents (default 4; each holds k float64 states, on the device they were computed
+    on: with a GPU, that memory stays allocated until eviction or :meth:`clear`) are
+    kept, least recently used
     evicted; the digests of evicted ones are remembered (``remember``, default 4096 ×
     16 bytes) so that a run from their ``x_T`` still warns.  :meth:`clear` forgets
     everything; ``BELMInverseScheduler(handoff=False)``-style opt-out is

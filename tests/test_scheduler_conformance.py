@@ -213,6 +213,7 @@ def test_full_loop_obelm_equals_the_core_sampler(spacing):
 
 
 # ------------------------------------------------------------------ timesteps
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' Euler under numpy 2
 def test_timestep_dtypes_and_custom_lists():
     belm = BELMScheduler(**SD_SCHEDULER_CONFIG)
     belm.set_timesteps(10)
