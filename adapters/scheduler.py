@@ -33,13 +33,15 @@ limit of the DDIM step as σ̄ → ∞), then the method runs on the finite grid
 
 * explicit: ``latents = pipe.scheduler.load_latent(latent, dtype=…)`` (checked at once,
   stays loaded until :meth:`BELMScheduler.clear_latent`);
-* implicit, DDIMInverse-style: the last output of :class:`BELMInverseScheduler` is
-  registered in a process-wide hand-off registry (:class:`LatentHandoff`, shared by the
-  scheduler pair); a :class:`BELMScheduler` run that starts at the top of its grid from a
-  tensor with that content (in any floating dtype) resumes from the full latent.  Handed
-  an inverted ``x_T`` whose latent it cannot use (evicted, another grid or method), it
-  warns with :class:`InvertedLatentWarning`: sampling from ``x_T`` alone is not the
-  inverse (relative error 1.9e3 at 10 O-BELM steps on the digits model).
+* implicit, DDIMInverse-style: each output of :class:`BELMInverseScheduler` is
+  registered with the latent of the inversion so far in a process-wide hand-off registry
+  (:class:`LatentHandoff`, shared by the scheduler pair); a :class:`BELMScheduler` run
+  that starts from a tensor with that content (in any floating dtype) at that node — the
+  top of the grid after a full inversion, a mid-schedule node after a partial one
+  (DiffEdit, img2img) — resumes from the full latent.  Handed an inverted state whose
+  latent it cannot use (evicted; another grid, method or start node), it warns with
+  :class:`InvertedLatentWarning`: sampling from that state alone is not the inverse
+  (relative error 2.5e3 at 10 O-BELM steps on the digits model).
 
 The scheduler cannot see the pipeline's guidance scale: invert with the same one
 (docs/design.md §3).  Thresholding/clipping and stochastic steps (``eta ≠ 0``) are not
@@ -66,7 +68,7 @@ from diffusers.utils import BaseOutput
 from lmsolvers.engine import Run, euler_step, lm_step, lm_step_inverse
 from lmsolvers.families import bdia
 from lmsolvers.grid import Grid
-from lmsolvers.latent import Latent, LatentMismatchError, check_latent
+from lmsolvers.latent import Latent, LatentMismatchError, check_latent, freeze_context
 from lmsolvers.method import LMMethod, StepCoefficients
 from lmsolvers.registry import method_from_name
 
@@ -134,10 +136,12 @@ class LatentHandoff:
     """The registry through which :class:`BELMInverseScheduler` hands full latents to
     :class:`BELMScheduler` (one instance per process, ``BELMScheduler.handoff``).
 
-    *What*: each finished inversion run registers its :class:`~lmsolvers.Latent` under
-    the content digests of its last output (the tensor a DDIMInverse-style workflow passes
-    as ``latents=``) in every floating dtype.  A forward run starting at the top of its
-    grid looks its ``sample`` up by content (never by identity: pipelines copy latents).
+    *What*: each inversion step registers the :class:`~lmsolvers.Latent` of the
+    inversion so far (the k states ending at the node it reached; after the last step the
+    full latent) under the content digests of its output (the tensor a DDIMInverse-style
+    workflow passes as ``latents=``) in every floating dtype.  A forward run looks its
+    first ``sample`` up by content (never by identity: pipelines copy latents) and resumes
+    the latent if it ends at the node the run starts at.
     *Scope*: the process; any ``BELMScheduler`` can resume any registered latent whose
     grid, method and prediction type match its run (checked, else
     :class:`InvertedLatentWarning`).  *Lifetime and memory*: the last ``capacity``
@@ -740,11 +744,12 @@ class BELMScheduler(_LMSchedulerBase):
 
     def _resume(self, latent: Latent, sample: torch.Tensor, dtype: torch.dtype,
                 index: int) -> Run:
-        N = self.grid.N
+        top = latent.nodes[-1]
         states = [st.to(sample.device, dtype) for st in latent.states]
         run = self._new_run(sample, dtype, index)
         for m, st in zip(latent.nodes, states, strict=True):
-            run.window.put(m, st, aux=self._to_model(st, m, sample) if m == N else None)
+            run.window.put(m, st, aux=self._to_model(st, m, sample) if m == top else None)
+        self._entry = top
         return run
 
     def _start(self, sample: torch.Tensor, dtype: torch.dtype, index: int) -> Run:
@@ -766,31 +771,35 @@ class BELMScheduler(_LMSchedulerBase):
                     "a latent is loaded, but the latents passed to the pipeline are not its x_T; "
                     "pass latents=scheduler.load_latent(latent, dtype=unet.dtype), or call "
                     "scheduler.clear_latent() to sample from other noise")
-            self._entry = N
             return self._resume(latent, sample, dtype, index)
-        if at_top:
-            handed, seen = self.handoff.lookup(sample)
-            if handed is not None:
-                try:
-                    self._check_latent(handed, g)
-                except LatentMismatchError as exc:
-                    warnings.warn(
-                        f"these latents are the last output of a BELMInverseScheduler run, but "
-                        f"its latent does not fit this run ({exc}); sampling from x_T alone, "
-                        "which is NOT the inverse. Sample with the inversion's scheduler "
-                        "config, steps and method", InvertedLatentWarning, stacklevel=4)
-                else:
-                    if handed.states[0].shape == sample.shape:
-                        self._entry = N
-                        return self._resume(handed, sample, dtype, index)
-            elif seen:
+        entered = min(node, N)  # the α = 0 node enters the grid at node N
+        handed, seen = self.handoff.lookup(sample)
+        if handed is not None:
+            try:
+                self._check_latent(handed, g)
+                if handed.nodes[-1] != entered:
+                    raise LatentMismatchError(
+                        f"it is the inverted state at node {handed.nodes[-1]} (timestep "
+                        f"{float(g.timesteps[handed.nodes[-1]]):g}) but this run starts at "
+                        f"node {entered}")
+            except LatentMismatchError as exc:
                 warnings.warn(
-                    "these latents are the last output of a BELMInverseScheduler run whose "
-                    "full latent is no longer registered (LatentHandoff keeps the last "
-                    f"{self.handoff.capacity}); sampling from x_T alone is NOT the inverse. "
-                    "Keep the inverse scheduler's .latent and pass "
-                    "latents=scheduler.load_latent(latent)", InvertedLatentWarning,
-                    stacklevel=4)
+                    f"these latents are an output of a BELMInverseScheduler run, but its "
+                    f"latent does not fit this run ({exc}); sampling from this one state, "
+                    "which is NOT the inverse. Sample with the inversion's scheduler config, "
+                    "steps and method, from the node the inversion ended at",
+                    InvertedLatentWarning, stacklevel=4)
+            else:
+                if handed.states[0].shape == sample.shape:
+                    return self._resume(handed, sample, dtype, index)
+        elif seen:
+            warnings.warn(
+                "these latents are an output of a BELMInverseScheduler run whose full latent "
+                "is no longer registered (LatentHandoff keeps the last "
+                f"{self.handoff.capacity}); sampling from this one state is NOT the inverse. "
+                "Keep the inverse scheduler's .latent and pass "
+                "latents=scheduler.load_latent(latent)", InvertedLatentWarning,
+                stacklevel=4)
         if k > 1 and self._method.starter != "ddim":
             raise ValueError(
                 f"method {self._method.name!r} starts with an RK4 starter, which needs "
@@ -887,9 +896,10 @@ class BELMInverseScheduler(_LMSchedulerBase):
     DDIM starter upwards, whatever the method's starter: that part of an inversion is
     approximate and does not matter, docs/design.md §3).  Steps follow ``timesteps`` in
     order, as for :class:`BELMScheduler`.  After the last step :attr:`latent` is the
-    :class:`~lmsolvers.Latent` to sample back from, and (if ``register_latents``, the
-    default) it is registered in :attr:`handoff` under the content of the last output, so
-    that a :class:`BELMScheduler` run started from that output resumes it exactly.  Its
+    :class:`~lmsolvers.Latent` to sample back from; every step (if ``register_latents``,
+    the default) registers the latent so far in :attr:`handoff` under the content of its
+    output, so that a :class:`BELMScheduler` run started from that output at that node
+    resumes it exactly.  Its
     context records only the prediction type (the scheduler cannot see the guidance):
     ``DiffusionSampler.sample`` takes it after ``latent.with_context(sampler.context)``.
     """
@@ -955,11 +965,19 @@ class BELMInverseScheduler(_LMSchedulerBase):
         nxt = self._to_model(xn, m + 1, sample)
         w.put(m + 1, xn, aux=nxt)
         self._step_index = i + 1
-        if m + 1 == N and N - self._entry >= k - 1:
-            self.latent = self._method.latent(run, self._coeffs,
-                                              {"prediction_type": self.config.prediction_type})
+        if m + 1 - self._entry >= k - 1:
+            # the k states ending at node m + 1: the latent of a (partial) inversion that
+            # stops here — DiffEdit or img2img at strength < 1 resume from it mid-schedule
+            nodes = tuple(range(m + 2 - k, m + 2))
+            part = Latent(states=tuple(w[j] for j in nodes), method=self._method.name,
+                          method_key=self._method.key, grid=g,
+                          context=freeze_context(
+                              {"prediction_type": self.config.prediction_type}),
+                          nodes=nodes)
+            if m + 1 == N:
+                self.latent = part
             if self.register_latents:
-                self.handoff.register(nxt, self.latent)
+                self.handoff.register(nxt, part)
         if not return_dict:
             return (nxt, x0)
         return BELMSchedulerOutput(prev_sample=nxt, pred_original_sample=x0)

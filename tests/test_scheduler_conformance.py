@@ -364,16 +364,46 @@ def test_handoff_resumes_the_full_latent_from_x_T_alone():
     rec32 = _sample(fwd, x_T.float())
     assert rec32.dtype == torch.float32
     assert float((rec32.double() - x0).norm() / x0.norm()) <= 1e-6
-    # starting in mid-schedule never consults the registry: a plain DDIM starter step
+    # x_T handed to a run that starts one node lower: a loud warning, then a plain DDIM
+    # starter step from the given state
     fwd.set_timesteps(10)
     fwd.set_begin_index(1)
     g, N, t = fwd.grid, fwd.grid.N, fwd.timesteps[1]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with pytest.warns(InvertedLatentWarning, match="node 10 .* starts at node 9"):
         out = fwd.step(dummy_model(x_T, t), t, x_T).prev_sample
     e = dummy_model(x_T, t)
     ref = (x_T / g.alphas[N - 1] + (g.sigma_bar[N - 2] - g.sigma_bar[N - 1]) * e) * g.alphas[N - 2]
     torch.testing.assert_close(out, ref, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("stop", [1, 4, 9])
+def test_partial_inversion_resumes_mid_schedule(stop):
+    """DiffEdit / img2img at strength < 1: invert up to node ``stop``, start the forward run
+    there (``set_begin_index``): the hand-off resumes the partial latent exactly."""
+    x0 = rand(1, 4, 8, 8, seed=12, dtype=torch.float64)
+    inv, fwd = BELMInverseScheduler(**DDIM_LIKE), BELMScheduler(**DDIM_LIKE)
+    inv.set_timesteps(10)
+    fwd.set_timesteps(10)
+    x_m = _invert_steps(inv, x0, inv.timesteps[:stop])
+    assert inv.latent is None  # the inversion stopped below the top
+    begin = fwd.grid.N - stop  # timesteps[begin] is node `stop`
+    fwd.set_begin_index(begin)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec = _sample_steps(fwd, x_m, fwd.timesteps[begin:])
+    assert float((rec - x0).norm() / x0.norm()) <= 1e-12
+
+
+def _invert_steps(inv, x, timesteps):
+    for t in timesteps:
+        x = inv.step(dummy_model(x, t), t, x).prev_sample
+    return x
+
+
+def _sample_steps(fwd, x, timesteps):
+    for t in timesteps:
+        x = fwd.step(dummy_model(x, t), t, x).prev_sample
+    return x
 
 
 def test_handoff_warns_for_an_inverted_x_T_it_cannot_resume():
