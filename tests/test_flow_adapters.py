@@ -247,6 +247,41 @@ def test_flux_schedule_is_the_pipelines(flux, conds):
                        flux.scheduler.timesteps[1:])
 
 
+def test_sd3_dynamic_shifting_uses_the_pipelines_mu(conds):
+    """An SD3 config with dynamic shifting: mu = calculate_shift((H/p)(W/p), …) with the
+    config's shifts as StableDiffusion3Pipeline computes it; the grid is the stock sigmas
+    bitwise."""
+    cfg = dict(SD3_SCHEDULER_CONFIG, use_dynamic_shifting=True, base_image_seq_len=4,
+               max_image_seq_len=64)
+    pipe = tiny_sd3_pipeline(scheduler=FlowMatchEulerDiscreteScheduler(**cfg))
+    x_T = noise(2, 4, 8, 12, seed=10)
+    pipe(latents=x_T, num_inference_steps=N, guidance_scale=1.0, output_type="latent",
+         height=16, width=24, prompt_embeds=conds["prompt_embeds"],
+         pooled_prompt_embeds=conds["pooled_prompt_embeds"])
+    s = DiffusionSampler(pipe.transformer, pipe.scheduler, N, disable_progress=True,
+                         prompt_embeds=conds["prompt_embeds"],
+                         pooled_prompt_embeds=conds["pooled_prompt_embeds"])
+    assert s.mu_for(x_T) == calculate_shift(4 * 6, 4, 64, 0.5, pipe.scheduler.config.max_shift)
+    grid = s.schedule_for(x_T).grid
+    assert torch.equal(torch.tensor(1.0 - grid.alphas[::-1].copy(), dtype=torch.float32),
+                       pipe.scheduler.sigmas[1:])
+
+
+@given(st.integers(3, 12), st.floats(1.0, 6.0), st.integers(0, 2**31 - 1))
+def test_flow_round_trip_is_exact_on_any_schedule(n, shift, seed):
+    """Property: on any static-shift flow schedule and any noise, invert ∘ sample is the
+    identity to float64 round-off (fp32 SD3 transformer, no guidance)."""
+    pe, pp = tiny_embeds(seed % 7, batch=1)
+    s = DiffusionSampler(_SD3_FP32, FlowMatchEulerDiscreteScheduler(shift=shift), n,
+                         disable_progress=True, prompt_embeds=pe, pooled_prompt_embeds=pp)
+    x0 = s.sample(noise(1, 4, 8, 8, seed=seed))
+    assert s.grid.N == n - 1 and s.num_model_calls == n
+    assert rel(s.sample(s.invert(x0)), x0) <= 1e-10
+
+
+_SD3_FP32 = tiny_sd3_transformer(seed=3)
+
+
 def test_flux_guidance_embedding_and_true_cfg(flux, conds):
     x_T = noise(2, 4, 8, 8, seed=7)
     cond = flux_cond(conds)

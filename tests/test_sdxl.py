@@ -22,6 +22,7 @@ from lmsolvers.adapters.tiny import (
     SD_SCHEDULER_CONFIG,
     SDXL_CROSS_DIM,
     SDXL_SCHEDULER_CONFIG,
+    tiny_conditional_unet,
     tiny_embeds,
     tiny_prompt_embeds,
     tiny_sd_pipeline,
@@ -168,6 +169,17 @@ def test_sdxl_round_trip_and_edit(dtype, cond):
                         negative_pooled_prompt_embeds=cond["negative_pooled_prompt_embeds"],
                         original_size=SIZE, disable_progress=True)
     assert rel(same.latents, x0) <= 1e-10
+
+
+def test_sd1x_round_trip_through_a_bf16_unet():
+    """The SD 1.x-style UNet in bf16 (fp32/fp16 are in test_adapters.py), float64 state."""
+    s = DiffusionSampler(tiny_conditional_unet(dtype=torch.bfloat16),
+                         DDIMScheduler(**SD_SCHEDULER_CONFIG), N, "obelm", guidance_scale=3.0,
+                         prompt_embeds=tiny_prompt_embeds(1, batch=2),
+                         negative_prompt_embeds=tiny_prompt_embeds(2, batch=2),
+                         disable_progress=True)
+    x0 = noise(2, 4, 8, 8, seed=11)
+    assert rel(s.sample(s.invert(x0)), x0) <= 1e-10
 
 
 def test_base_to_refiner_hand_off_with_belm_in_both_halves(base, cond):
