@@ -1237,6 +1237,14 @@ def _check_shard(meta: Mapping[str, str], recs: Sequence[Mapping[str, Any]],
                              f"shard holds {ids}")
 
 
+def _check_prompts(prompts: _Prompts, recs: Sequence[Mapping[str, Any]], where: str) -> None:
+    """Every sample's prompt embedding must be the one it was inverted with."""
+    for r in recs:
+        if r.get("prompt") is not None and prompts.sha.get(r["prompt"]) != r["prompt_sha256"]:
+            raise ShardError(f"{where}: the embedding of prompt {r['prompt']!r} (sample "
+                             f"{r['id']!r}) changed since the inversion")
+
+
 def _reconstruct_batch(backend: _Backend, prompts: _Prompts, grid: Grid, job: _Job,
                        recs: list[dict[str, Any]]) -> torch.Tensor:
     """``x_0`` of the batch's ok samples (in shard order) from its shard."""
@@ -1244,10 +1252,7 @@ def _reconstruct_batch(backend: _Backend, prompts: _Prompts, grid: Grid, job: _J
     tensors, meta = read_shard(job.root / recs[0]["shard"], recs[0]["shard_sha256"])
     _check_shard(meta, recs, where)
     latent = _latent_of(tensors, meta, recs, grid, backend, where)
-    for r in recs:
-        if r.get("prompt") is not None and prompts.sha.get(r["prompt"]) != r["prompt_sha256"]:
-            raise ShardError(f"{where}: the embedding of prompt {r['prompt']!r} changed since "
-                             "the inversion")
+    _check_prompts(prompts, recs, where)
     eps = backend.make_eps(prompts.batch([r.get("prompt") for r in recs]))
     bitexact = bool(recs[0]["bitexact"])
     xbar = sample(eps, backend.grid, backend.method, latent, disable=True,
@@ -1354,9 +1359,22 @@ def reconstruct(job_dir: str | os.PathLike, out: str | os.PathLike, *,
 
 # -------------------------------------------------------------------- verify
 def _default_tolerance(backend: _Backend, scale: float) -> float:
-    """10 × the library's predicted round-trip error (relative, ``u·R``) × the data scale."""
+    """10 × the library's predicted relative round-trip error ``u·R``
+    (:func:`~lmsolvers.predicted_roundtrip_error`) × ``max(1, scale)``.
+
+    Round-off is relative to the magnitudes the run handles, so ``scale`` is the largest
+    model-space magnitude at the run's ends: ``max(|x_0|, |α_m x̄_m|)`` over the sample and
+    its latent states.  (A latent can be far larger than the noise it stands for when the
+    method's parasitic mode grows during inversion; its round trip then loses accordingly.)
+    """
     pred = predicted_roundtrip_error(backend.method, backend.grid, backend.state_dtype)
     return 10.0 * pred * max(1.0, scale)
+
+
+def _latent_scale(latent: Latent, n: int) -> float:
+    """``max_m |α_m x̄_m|`` over the latent states of row ``n`` (model space)."""
+    return max(float((st[n].abs().max()) * float(latent.grid.alphas[m]))
+               for st, m in zip(latent.states, latent.nodes, strict=True))
 
 
 def _verify_batch(backend: _Backend, prompts: _Prompts, grid: Grid, job: _Job,
@@ -1388,6 +1406,10 @@ def _verify_batch(backend: _Backend, prompts: _Prompts, grid: Grid, job: _Job,
         return all_(status, str(e))
     if env_diff:
         return all_("env-mismatch", "; ".join(env_diff))
+    try:
+        _check_prompts(prompts, okr, str(shard))
+    except ShardError as e:
+        return all_("prompt-changed", str(e))
     if not recompute:
         return out + [{"id": r["id"], "batch": r["batch"], "shard": r["shard"],
                        "status": "ok", "message": "shard checked, not recomputed"}
@@ -1434,9 +1456,9 @@ def _verify_batch(backend: _Backend, prompts: _Prompts, grid: Grid, job: _Job,
             rec["bitwise"] = same
             rec["status"] = "ok" if same else "not-bitwise"
         else:
-            tol = tolerance if tolerance is not None else _default_tolerance(
-                backend, float(x.abs().max()))
-            rec["tolerance"] = tol
+            scale = max(float(x.abs().max()), _latent_scale(latent, n))
+            tol = tolerance if tolerance is not None else _default_tolerance(backend, scale)
+            rec["scale"], rec["tolerance"] = scale, tol
             rec["status"] = "ok" if e <= tol else "error-too-large"
         out.append(rec)
     return out
@@ -1456,9 +1478,10 @@ def verify(job_dir: str | os.PathLike, *, report: str | os.PathLike | None = Non
     one (a difference is reported as ``env-mismatch`` and the batch is not recomputed,
     unless ``allow_env_mismatch``), the source's content hash, and — recomputing the
     reconstruction with the recorded batch — the max-abs round-trip error per sample
-    (``tolerance`` default: 10× the predicted error :func:`~lmsolvers.predicted_roundtrip_error`
-    times the data's scale; bit-exact jobs must reproduce the fixed-point image of x̄_0
-    bitwise).  ``summary.problems`` counts every status but ``ok``.
+    (``tolerance`` default: 10× the predicted relative error
+    :func:`~lmsolvers.predicted_roundtrip_error` times the largest model-space magnitude of
+    the sample and its latent states; bit-exact jobs must reproduce the fixed-point image
+    of x̄_0 bitwise).  ``summary.problems`` counts every status but ``ok``.
     """
     job, cfg = _open_for_readback(job_dir, threads, allow_env_mismatch, device, progress)
     if report is not None and Path(report).exists() and not overwrite:
