@@ -320,9 +320,11 @@ def _check_env(recorded: Mapping[str, Any], now: Mapping[str, Any], allow: bool,
                f"({'; '.join(diff)}); ε may give other bits, so the result would silently "
                "differ")
         if not allow:
+            hint = (f" (--threads {recorded.get('threads')})"
+                    if recorded.get("threads") != now.get("threads") else "")
             raise EnvironmentMismatchError(
-                msg + ". Run with the recorded settings (e.g. --threads "
-                f"{recorded.get('threads')}), or pass --allow-env-mismatch to go on anyway")
+                msg + f". Run with the recorded settings{hint}, or pass --allow-env-mismatch "
+                "to go on anyway")
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
     return diff
 

@@ -283,6 +283,12 @@ def test_never_overwrites_without_the_flag(ref, data_npy, tmp_path):
     (tmp_path / "report.jsonl").write_text("old")
     with pytest.raises(JobError, match="never overwritten"):
         verify(job, report=tmp_path / "report.jsonl", recompute=False, progress=False)
+    # resuming in another environment would mix bits of two set-ups in one data set
+    header = json.loads((job / "job.json").read_text())
+    header["env"]["torch"] = "0.0-other"
+    (job / "job.json").write_text(json.dumps(header))
+    with pytest.raises(JobError, match="torch: '0.0-other' recorded.*--allow-env-mismatch"):
+        invert_dataset(_cfg(job, data_npy))
     small = tmp_path / "small.npy"
     np.save(small, np.load(data_npy)[:4])
     s = invert_dataset(_cfg(job, small, overwrite=True, roundtrip=False))
