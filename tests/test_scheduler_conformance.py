@@ -495,3 +495,39 @@ def test_ddim_inverse_workflow_on_the_digits_model(digits, n):
     fwd.set_timesteps(n)
     alone = _sample(fwd, x_T, model)
     assert float((alone - x0).norm() / x0.norm()) > 0.1
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+def test_diffedit_with_the_scheduler_pair_reconstructs_exactly(strength):
+    """StableDiffusionDiffEditPipeline (DDIMInverse-style: ``invert`` keeps every inverted
+    state, the call starts from ``image_latents[0]``) with the BELM pair as scheduler and
+    inverse scheduler, an all-ones mask and the same prompt: the hand-off resumes each
+    (partial, for strength < 1) inversion, so the image latents come back exactly."""
+    from diffusers import StableDiffusionDiffEditPipeline
+    from lmsolvers.adapters.tiny import tiny_prompt_embeds, tiny_sd_pipeline
+
+    c = tiny_sd_pipeline().components
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the pipeline's deprecation notice
+        pipe = StableDiffusionDiffEditPipeline(
+            vae=c["vae"], text_encoder=None, tokenizer=None, unet=c["unet"],
+            scheduler=BELMScheduler.from_config(c["scheduler"].config),
+            inverse_scheduler=BELMInverseScheduler.from_config(c["scheduler"].config),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pe, ne = tiny_prompt_embeds(1), tiny_prompt_embeds(2)
+    img = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x0 = pipe.vae.encode(img * 2 - 1).latent_dist.sample(torch.Generator().manual_seed(0))
+    x0 = x0 * pipe.vae.config.scaling_factor
+    kw = dict(prompt_embeds=pe, negative_prompt_embeds=ne, num_inference_steps=10,
+              inpaint_strength=strength, guidance_scale=3.0)
+    inv = pipe.invert(image=img, num_reg_steps=0, generator=torch.Generator().manual_seed(0),
+                      output_type="latent", **kw).latents
+    mask = torch.ones(1, *x0.shape[-2:])
+    out = pipe(mask_image=mask, image_latents=inv, output_type="latent", **kw).images
+    assert float((out - x0).norm() / x0.norm()) <= 1e-6
+    BELMScheduler.handoff.clear()  # without the hand-off: the single-state restart
+    alone = pipe(mask_image=mask, image_latents=inv, output_type="latent", **kw).images
+    assert float((alone - x0).norm() / x0.norm()) > 1e-3
