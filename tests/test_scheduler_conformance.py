@@ -498,7 +498,7 @@ def test_ddim_inverse_workflow_on_the_digits_model(digits, n):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-@pytest.mark.parametrize("strength", [1.0, 0.6])
+@pytest.mark.parametrize("strength", [0.6])  # 1.0: the tiny SD pipeline test does it
 def test_diffedit_with_the_scheduler_pair_reconstructs_exactly(strength):
     """StableDiffusionDiffEditPipeline (DDIMInverse-style: ``invert`` keeps every inverted
     state, the call starts from ``image_latents[0]``) with the BELM pair as scheduler and
