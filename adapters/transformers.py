@@ -44,7 +44,8 @@ __all__ = [
 
 #: The conditioning arguments each family takes, under the pipelines' own names.
 CONDITIONING_KWARGS: dict[str, tuple[str, ...]] = {
-    "unet": ("guidance_scale", "prompt_embeds", "negative_prompt_embeds", "unet_kwargs"),
+    "unet": ("guidance_scale", "prompt_embeds", "negative_prompt_embeds", "class_labels",
+             "negative_class_labels", "unet_kwargs"),
     "sdxl": ("guidance_scale", "prompt_embeds", "negative_prompt_embeds",
              "pooled_prompt_embeds", "negative_pooled_prompt_embeds", "add_time_ids",
              "negative_add_time_ids", "original_size", "crops_coords_top_left", "target_size",
@@ -167,6 +168,10 @@ class UNetCall(_Call):
     5 ids (``requires_aesthetics_score``), ``StableDiffusionXLImg2ImgPipeline``'s with
     ``aesthetic_score`` (default 6.0) and ``negative_aesthetic_score`` (default 2.5).
 
+    Class-conditional UNets (``num_class_embeds``/``class_embed_type``): ``class_labels``
+    (and, for guidance, ``negative_class_labels``, the null class) batched
+    ``[negative, positive]`` like the embeddings.
+
     Backward compatibility: ``unet_kwargs={"added_cond_kwargs": …}`` is passed through as
     before (already batched ``[uncond, cond]`` when guided); combining it with the pooled
     embeddings or time ids is an error.
@@ -175,14 +180,34 @@ class UNetCall(_Call):
     def __init__(self, model: torch.nn.Module, *, guidance_scale: float = 1.0,
                  prompt_embeds: torch.Tensor | None = None,
                  negative_prompt_embeds: torch.Tensor | None = None,
+                 class_labels: torch.Tensor | None = None,
+                 negative_class_labels: torch.Tensor | None = None,
                  unet_kwargs: Mapping[str, Any] | None = None, **sdxl: Any) -> None:
         super().__init__(model, guidance_scale)
         self.family = model_family(model)
         self.unet_kwargs = dict(unet_kwargs or {})
         name = type(model).__name__
         width = self._embedding_width()
+        self._labels = self._neg_labels = None
+        if class_labels is not None:
+            for lab, what in ((class_labels, "class_labels"),
+                              (negative_class_labels, "negative_class_labels")):
+                if lab is not None and (not isinstance(lab, torch.Tensor) or lab.dim() != 1
+                                        or lab.is_floating_point()):
+                    raise TypeError(f"{what} must be a 1-D integer tensor (one class per state, "
+                                    f"or one for all), got {getattr(lab, 'shape', type(lab))}")
+            if self.guided and negative_class_labels is None:
+                raise ValueError(f"guidance_scale = {self.guidance_scale:g} with class_labels "
+                                 "needs negative_class_labels (the null class)")
+            self._labels = class_labels.to(self.device)
+            self._batched.append(("class_labels", self._labels))
+            if self.guided:
+                self._neg_labels = negative_class_labels.to(self.device)
+                self._batched.append(("negative_class_labels", self._neg_labels))
+        elif negative_class_labels is not None:
+            raise ValueError("negative_class_labels without class_labels")
         if prompt_embeds is None:
-            if negative_prompt_embeds is not None or self.guided:
+            if negative_prompt_embeds is not None or self.guided and class_labels is None:
                 raise ValueError("classifier-free guidance (guidance_scale > 1 or negative "
                                  "embeddings) needs prompt_embeds")
             self._cond = self._uncond = None
@@ -329,22 +354,28 @@ class UNetCall(_Call):
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         kw = dict(self.unet_kwargs)
-        if self._cond is None:
-            return self.model(x, t, **kw).sample
-        cond = _rows(self._cond, b, "prompt_embeds")
-        if self._uncond is None:
+        if not self.guided:
+            if self._cond is not None:
+                kw["encoder_hidden_states"] = _rows(self._cond, b, "prompt_embeds")
+            if self._labels is not None:
+                kw["class_labels"] = _rows(self._labels, b, "class_labels")
             if self._added is not None:
                 kw["added_cond_kwargs"] = {k: _rows(v, b, k) for k, v in self._added[0].items()}
-            return self.model(x, t, encoder_hidden_states=cond, **kw).sample
-        unc = _rows(self._uncond, b, "negative_prompt_embeds")
+            return self.model(x, t, **kw).sample
+        if self._cond is not None:
+            kw["encoder_hidden_states"] = torch.cat(
+                [_rows(self._uncond, b, "negative_prompt_embeds"),
+                 _rows(self._cond, b, "prompt_embeds")])
+        if self._labels is not None:
+            kw["class_labels"] = torch.cat([_rows(self._neg_labels, b, "negative_class_labels"),
+                                            _rows(self._labels, b, "class_labels")])
         if self._added is not None:
             pos, neg = self._added
             added = {k: torch.cat([_rows(neg[k], b, k), _rows(pos[k], b, k)]) for k in pos}
             if self._interleave_ids:  # the base pipeline's row order (see _sdxl_added)
                 added["time_ids"] = torch.cat([neg["time_ids"], pos["time_ids"]]).repeat(b, 1)
             kw["added_cond_kwargs"] = added
-        out = self.model(torch.cat([x] * 2), t, encoder_hidden_states=torch.cat([unc, cond]),
-                         **kw).sample
+        out = self.model(torch.cat([x] * 2), t, **kw).sample
         e_u, e_c = out.chunk(2)
         return self._combine(e_u, e_c, self.guidance_scale)
 

@@ -253,3 +253,36 @@ def test_img2img_and_inpaint_pipelines_run_with_belm(kind, cond):
             outs[name] = pipe(**args).images
     assert 0 < rel(outs["belm-ddim"], outs["ddim"]) < 5e-6
     assert torch.isfinite(outs["obelm"]).all() and rel(outs["obelm"], outs["ddim"]) < 0.2
+
+
+# ------------------------------------------- class-conditional UNets (the same call layer)
+def test_class_conditional_unet_guidance_by_labels():
+    """``class_labels``/``negative_class_labels`` batched [null, class] in one call: ε equals
+    the two separate calls' guided combination to fp32 round-off, labels matter, and the
+    guided round trip is exact."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                       block_out_channels=(32, 64), down_block_types=("DownBlock2D",
+                                                                      "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=32,
+                       num_class_embeds=11).eval()
+    sch = DDIMScheduler(**SD_SCHEDULER_CONFIG)
+    labels, null = torch.tensor([3, 5]), torch.tensor([10])
+    s = DiffusionSampler(unet, sch, N, "obelm", guidance_scale=3.0, class_labels=labels,
+                         negative_class_labels=null, disable_progress=True)
+    x = noise(2, 3, 8, 8, seed=12)
+    t = int(s.grid.timesteps[-1])
+    e = s.eps.model_output(x, t)
+    with torch.no_grad():
+        e_c = unet(x, t, class_labels=labels).sample
+        e_u = unet(x, t, class_labels=null.expand(2)).sample
+    torch.testing.assert_close(e, e_u + 3.0 * (e_c - e_u), rtol=1e-5, atol=1e-5)
+    x0 = s.sample(x)
+    assert rel(s.sample(x, class_labels=torch.tensor([4, 5])), x0) > 1e-3
+    assert rel(s.sample(s.invert(x0)), x0) <= 1e-10
+    with pytest.raises(ValueError, match="needs negative_class_labels"):
+        DiffusionSampler(unet, sch, N, "obelm", guidance_scale=3.0, class_labels=labels)
+    with pytest.raises(TypeError, match="1-D integer tensor"):
+        DiffusionSampler(unet, sch, N, "obelm", class_labels=torch.tensor([[3.0]]))
