@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
-
 from lmsolvers.adapters import DiffusionSampler
 from lmsolvers.adapters.tiny import (
     SD3_SCHEDULER_CONFIG,
