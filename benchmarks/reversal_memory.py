@@ -8,8 +8,8 @@ gradient w.r.t. the noise and the prompt embeddings), O-BELM on the scheduler's 
 * peak memory: the rise of the peak resident set size (``VmHWM``, reset through
   ``/proc/self/clear_refs``) over the resident size before the run, for the forward and
   backward pass together;
-* graph memory: the bytes autograd saved for backward during the forward pass (counted
-  with ``saved_tensors_hooks``; exact and deterministic);
+* graph memory: the distinct storages autograd saved for backward during the forward pass
+  (counted with ``saved_tensors_hooks``, each storage once; exact and deterministic);
 * time: forward + backward, median of ``--repeats`` runs.
 
 A second table gives the gradient's relative difference reversible vs full (float64
@@ -98,11 +98,15 @@ def one(model: str, mode: str, n: int, repeats: int) -> dict:
     torch.set_num_threads(1)
     sampler, x, leaves, _ = _setup(model, n, torch.float64)
     _loss_grads(sampler, x, leaves, mode) if n <= 20 else None  # warm caches on small runs
-    saved = 0
+    saved, seen = 0, set()
 
     def pack(t):
+        # count each storage once: a layer saves its weight at every step, the same memory
         nonlocal saved
-        saved += t.numel() * t.element_size()
+        st = t.untyped_storage()
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            saved += st.nbytes()
         return t
 
     base = _kib("VmRSS")
@@ -221,8 +225,8 @@ def main(argv: list[str] | None = None) -> str:
                           f"{rev['seconds'] / full['seconds']:.2f}" if full else "—"])
     md = ["# Gradients through sampling: memory and time (O-BELM, float64 state, 1 thread)",
           "", "`python -m benchmarks.reversal_memory`; peak = rise of the peak RSS during "
-          "forward + backward; graph = bytes autograd saved in the forward pass; time = "
-          f"median of {repeats} runs of forward + backward.", "",
+          "forward + backward; graph = distinct storages autograd saved in the forward pass; "
+          f"time = median of {repeats} runs of forward + backward.", "",
           markdown_table(["model", "N", "reversible peak MiB", "reversible graph MiB",
                           "full peak MiB", "full graph MiB", "reversible s", "full s",
                           "time ratio"], table)]

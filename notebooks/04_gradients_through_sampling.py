@@ -74,11 +74,14 @@ print(f"relative difference reversible vs full: "
 
 # %%
 def saved_bytes(mode):
-    total = 0
+    total, seen = 0, set()
 
-    def pack(t):
+    def pack(t):  # each storage once (a layer saves its weight at every step)
         nonlocal total
-        total += t.numel() * t.element_size()
+        st = t.untyped_storage()
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            total += st.nbytes()
         return t
 
     x = x_T.clone().requires_grad_()
