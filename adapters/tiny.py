@@ -30,6 +30,11 @@ __all__ = [
     "tiny_sdxl_pipeline",
     "tiny_sd3_pipeline",
     "tiny_flux_pipeline",
+    "tiny_clip_tokenizer",
+    "tiny_clip_text_encoder",
+    "tiny_t5",
+    "tiny_text_encoders",
+    "tiny_pipeline",
 ]
 
 #: Stable Diffusion 1.x's scheduler config (as in runwayml/stable-diffusion-v1-5).
@@ -280,3 +285,120 @@ def tiny_flux_pipeline(transformer=None, vae=None, scheduler=None):
             **FLUX_SCHEDULER_CONFIG),
         vae=vae if vae is not None else tiny_flow_vae(), text_encoder=None, tokenizer=None,
         text_encoder_2=None, tokenizer_2=None))
+
+
+# ------------------------------------------------------ text encoders and tokenizers
+_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"
+
+
+def tiny_clip_tokenizer():
+    """A ``CLIPTokenizer`` over single characters (no merges), from a vocabulary written to
+    a temporary directory at run time (``CLIPTokenizer.from_pretrained`` would need the
+    hub); 77 tokens as CLIP."""
+    import json
+    import os
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    vocab = {c: i for i, c in enumerate(_CHARS)}
+    vocab.update({c + "</w>": len(_CHARS) + i for i, c in enumerate(_CHARS)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    d = tempfile.mkdtemp(prefix="lmsolvers-tiny-clip-")
+    with open(os.path.join(d, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(d, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+    return CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"),
+                         model_max_length=77)
+
+
+def tiny_clip_text_encoder(seed: int = 0, hidden: int = CROSS_DIM,
+                           projection: int | None = None, dtype: torch.dtype = torch.float32):
+    """A 2-layer ``CLIPTextModel`` (``projection=None``) or ``CLIPTextModelWithProjection``
+    over :func:`tiny_clip_tokenizer`'s vocabulary."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    n = 2 * len(_CHARS) + 2
+    cfg = CLIPTextConfig(vocab_size=n, hidden_size=hidden, intermediate_size=37,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                         projection_dim=projection or hidden, bos_token_id=n - 2,
+                         eos_token_id=n - 1, pad_token_id=n - 1)
+    torch.manual_seed(seed)
+    model = CLIPTextModel(cfg) if projection is None else CLIPTextModelWithProjection(cfg)
+    return model.to(dtype).eval()
+
+
+def tiny_t5(seed: int = 0, d_model: int = CROSS_DIM, dtype: torch.dtype = torch.float32):
+    """``(T5TokenizerFast, T5EncoderModel)``: a character-level tokenizer (``tokenizers``
+    WordLevel, built in memory) and a 1-layer encoder of width ``d_model``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    vocab.update({c: 3 + i for i, c in enumerate(_CHARS)})
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok = T5TokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>",
+                          unk_token="<unk>", extra_ids=0)
+    torch.manual_seed(seed)
+    enc = T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=d_model, d_kv=8, d_ff=37,
+                                  num_layers=1, num_heads=4))
+    return tok, enc.to(dtype).eval()
+
+
+def tiny_text_encoders(family: str) -> dict:
+    """Tokenizers and text encoders for :func:`tiny_pipeline` (``pipe.encode_prompt`` then
+    works offline, with the widths the tiny denoisers take)."""
+    if family == "sd":
+        return dict(tokenizer=tiny_clip_tokenizer(), text_encoder=tiny_clip_text_encoder(1))
+    if family == "sdxl":
+        return dict(tokenizer=tiny_clip_tokenizer(), text_encoder=tiny_clip_text_encoder(1),
+                    tokenizer_2=tiny_clip_tokenizer(),
+                    text_encoder_2=tiny_clip_text_encoder(2, projection=POOLED_DIM))
+    if family == "sd3":  # CLIP-L + CLIP-G widths 16 + 16 = joint_attention_dim; no T5
+        return dict(tokenizer=tiny_clip_tokenizer(),
+                    text_encoder=tiny_clip_text_encoder(1, hidden=16, projection=16),
+                    tokenizer_2=tiny_clip_tokenizer(),
+                    text_encoder_2=tiny_clip_text_encoder(2, hidden=16, projection=16))
+    if family == "flux":
+        tok2, enc2 = tiny_t5(2)
+        return dict(tokenizer=tiny_clip_tokenizer(), text_encoder=tiny_clip_text_encoder(1),
+                    tokenizer_2=tok2, text_encoder_2=enc2)
+    raise ValueError(f"unknown family {family!r}; expected 'sd', 'sdxl', 'sd3' or 'flux'")
+
+
+def tiny_pipeline(family: str):
+    """A complete stock pipeline of tiny components *with* tokenizers and text encoders:
+    ``StableDiffusionPipeline`` ("sd"), ``StableDiffusionXLPipeline`` ("sdxl"),
+    ``StableDiffusion3Pipeline`` ("sd3", without T5) or ``FluxPipeline`` ("flux"), standing in
+    for ``from_pretrained`` in offline examples (docs/adapters.md)."""
+    from diffusers import (
+        DDIMScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        StableDiffusion3Pipeline,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
+
+    text = tiny_text_encoders(family)
+    if family == "sd":
+        pipe = StableDiffusionPipeline(
+            vae=tiny_vae(), unet=tiny_conditional_unet(),
+            scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False, **text)
+    elif family == "sdxl":
+        pipe = StableDiffusionXLPipeline(vae=tiny_vae(), unet=tiny_sdxl_unet(),
+                                         scheduler=DDIMScheduler(**SDXL_SCHEDULER_CONFIG), **text)
+    elif family == "sd3":
+        pipe = StableDiffusion3Pipeline(
+            transformer=tiny_sd3_transformer(), vae=tiny_flow_vae(),
+            scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER_CONFIG),
+            text_encoder_3=None, tokenizer_3=None, **text)
+    else:
+        pipe = FluxPipeline(transformer=tiny_flux_transformer(), vae=tiny_flow_vae(),
+                            scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG),
+                            **text)
+    return _quiet(pipe)
