@@ -86,7 +86,7 @@ from .samplers import bootstrap_ci, resample_index
 from .tables import markdown_table
 
 BACKGROUND = -0.75  # pixel value of intensity 2/16
-FROZEN = (0.0, 0.2, 0.4, 0.6, 0.8)
+FROZEN = (0.0, 0.4, 0.7, 0.85, 0.95)
 GUIDANCE = (1.0, 3.0, 5.0, 7.5)
 METHODS = (*EXACT, "DDIM inversion", "negative-prompt inv.", "null-text inv.", "DI + DDIM",
            "DI + O-BELM")
@@ -408,7 +408,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     if args.quick:
-        args.n, args.steps, args.nt_iters, args.reps = 4, 4, 2, 200
+        args.n, args.steps, args.nt_iters, args.reps = 4, 3, 1, 200
     return args
 
 

@@ -423,7 +423,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--quick", action="store_true", help="a few samples, one N (tests)")
     p.add_argument("--n", type=int, default=64, help="held-out digits per cell")
-    p.add_argument("--nt-n", type=int, default=64, help="digits for null-text inversion")
+    p.add_argument("--nt-n", type=int, default=32,
+                   help="digits for null-text inversion (the costly peer: 10 forward+backward "
+                   "passes per step)")
     p.add_argument("--nt-iters", type=int, default=10, help="null-text Adam steps per node")
     p.add_argument("--nt-lr", type=float, default=0.05)
     p.add_argument("--acc-per-class", type=int, default=50)
