@@ -303,13 +303,16 @@ def _run_nulltext(m, scheduler, n_steps, w, x0, labels, dtype, iters, lr):
 def roundtrip(m: ClassEmbeddingUNet, scheduler: Any, clf: torch.nn.Module, x0: torch.Tensor,
               labels: torch.Tensor, steps: Sequence[int], scales: Sequence[float],
               dtypes: Sequence[str], idx: np.ndarray, nt_n: int, nt_iters: int, nt_lr: float,
-              nt_dtypes: Sequence[str], log: Callable[[str], None]) -> list[dict]:
-    """Round-trip rows (module docstring, 2)."""
+              nt_dtypes: Sequence[str], log: Callable[[str], None],
+              partial: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Round-trip rows (module docstring, 2); ``partial(rows)`` after each (dtype, N) block
+    (the report so far, so a long run interrupted still leaves its table)."""
     counter = EvalCounter(m)
     rows = []
-    for dname in dtypes:
-        dt = DTYPES[dname]
-        for n_steps in steps:
+    # steps outermost: an interrupted run has complete (float64, float32) blocks
+    for n_steps in steps:
+        for dname in dtypes:
+            dt = DTYPES[dname]
             for w in scales:
                 runs: list[tuple[str, Callable[[], tuple[torch.Tensor, dict]], int]] = []
                 cell = dict(m=m, scheduler=scheduler, n_steps=n_steps, w=w, x0=x0,
@@ -340,6 +343,8 @@ def roundtrip(m: ClassEmbeddingUNet, scheduler: Any, clf: torch.nn.Module, x0: t
                     log(f"{dname} N={n_steps} w={w:g} {name}: median {summ['median']:.3g} "
                         f"[{summ['median_lo']:.3g}, {summ['median_hi']:.3g}] "
                         f"nfe {row['nfe']:.0f} {sec:.1f}s")
+            if partial is not None:
+                partial(rows)
     return rows
 
 
@@ -479,11 +484,15 @@ def main(argv: list[str] | None = None) -> dict:
             log(f"accuracy at w={r['guidance']:g}: {r['accuracy']:.3f}")
     x0, labels = held_out(args.n, args.seed)
     idx = resample_index(args.n, args.reps, args.seed)
+
+    def write(rows: list[dict]) -> None:
+        record["roundtrip"] = rows
+        (args.out / "guidance_roundtrip.md").write_text(roundtrip_markdown(rows, config))
+        (args.out / "guidance_roundtrip.json").write_text(json.dumps(record, indent=1) + "\n")
+
     rows = roundtrip(m, scheduler, clf, x0, labels, steps, scales, config["dtypes"], idx,
-                     config["nt_n"], args.nt_iters, args.nt_lr, nt_dtypes, log)
-    record["roundtrip"] = rows
-    (args.out / "guidance_roundtrip.md").write_text(roundtrip_markdown(rows, config))
-    (args.out / "guidance_roundtrip.json").write_text(json.dumps(record, indent=1) + "\n")
+                     config["nt_n"], args.nt_iters, args.nt_lr, nt_dtypes, log, write)
+    write(rows)
     log(f"wrote {args.out / 'guidance_roundtrip.md'}")
     return record
 
