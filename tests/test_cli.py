@@ -88,3 +88,20 @@ def test_plot_command_writes_a_root_plot(tmp_path):
     assert main(["plot", "--steps", "4", "--out", str(out)]) == 0
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_dataset_job_verbs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for verb in ("invert-dataset", "reconstruct", "verify", "sample-dataset"):
+        assert verb in out
+    assert main(["verify", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"lmsolvers verify: error: {tmp_path} is not a job directory "
+                   f"({tmp_path / 'job.json'} is missing)\n")
+    with pytest.raises(SystemExit) as e:
+        main(["invert-dataset", "--out", str(tmp_path), "--data", "x.npy"])
+    assert e.value.code == 2
+    assert "one of the arguments --model --eps is required" in capsys.readouterr().err
