@@ -581,6 +581,7 @@ class DiffusionSampler:
         self._mu = None if mu is None else float(mu)
         self._lazy_mu = self.flow and bool(cfg.get("use_dynamic_shifting", False)) and mu is None
         self._fixed: Schedule | None = None
+        self._by_mu: dict[float | None, Schedule] = {}
         if isinstance(grid, Grid):
             if any(d is not None for d in self._cut):
                 raise ValueError("denoising_start/denoising_end cut the scheduler's grid; "
@@ -658,7 +659,10 @@ class DiffusionSampler:
         :attr:`schedule`."""
         if self._fixed is not None:
             return self._fixed
-        self.schedule = self._schedule(self.mu_for(x))
+        mu = self.mu_for(x)
+        if mu not in self._by_mu:  # one schedule (and one ε) per image size
+            self._by_mu[mu] = self._schedule(mu)
+        self.schedule = self._by_mu[mu]
         return self.schedule
 
     def _require_schedule(self) -> Schedule:
@@ -689,11 +693,16 @@ class DiffusionSampler:
             if cached is not None and cached.grid is schedule.grid:
                 return cached
         kw = dict(self._conditioning, **(conditioning or {}))
-        eps = DiffusersEps(self.unet, schedule.grid, self.scheduler,
-                           prediction_type=self._prediction_type,
-                           top_timestep=schedule.top_timestep, **self._given(kw))
+        with warnings.catch_warnings():
+            if not conditioning and self._probe is not None:
+                # the constructor's conditioning was checked, and warned about, once already
+                warnings.filterwarnings("ignore", message=".*(guidance_scale|true_cfg_scale)",
+                                        category=RuntimeWarning)
+            eps = DiffusersEps(self.unet, schedule.grid, self.scheduler,
+                               prediction_type=self._prediction_type,
+                               top_timestep=schedule.top_timestep, **self._given(kw))
         if not conditioning:
-            self._eps_cache = {key: eps}
+            self._eps_cache[key] = eps
         return eps
 
     @property
@@ -750,8 +759,8 @@ class DiffusionSampler:
 
     def _resolve(self, x: torch.Tensor | Latent) -> Schedule:
         if isinstance(x, Latent):
-            if self._fixed is None:  # the latent's own grid fixes the shift
-                self.schedule = self._schedule(self.mu_for(x.states[-1]))
+            if self._fixed is None:  # the latent's size fixes the shift
+                return self.schedule_for(x.states[-1])
             return self._require_schedule()
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected a tensor or an lmsolvers Latent, got {type(x).__name__}")

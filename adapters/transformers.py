@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 import types
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -493,6 +494,10 @@ class FluxCall(_TransformerCall):
                  joint_attention_kwargs: Mapping[str, Any] | None = None) -> None:
         s = check_scale(true_cfg_scale, "true_cfg_scale")
         has_neg = negative_prompt_embeds is not None and negative_pooled_prompt_embeds is not None
+        if s > 1.0 and not has_neg:
+            warnings.warn(f"true_cfg_scale = {s:g} without negative_prompt_embeds and "
+                          "negative_pooled_prompt_embeds: no classifier-free guidance, as in "
+                          "FluxPipeline", RuntimeWarning, stacklevel=4)
         # the pipeline's rule: true CFG iff true_cfg_scale > 1 and a negative prompt is given
         super().__init__(model, guidance_scale, s if has_neg else 1.0, prompt_embeds,
                          negative_prompt_embeds, pooled_prompt_embeds,

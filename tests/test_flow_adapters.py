@@ -299,6 +299,9 @@ def test_flux_guidance_embedding_and_true_cfg(flux, conds):
     ours = sampler(flux, "obelm", conds, true_cfg_scale=2.0).sample(x_T)
     assert torch.equal(piped, ours.float())
     assert rel(ours, a) > 1e-4
+    with pytest.warns(RuntimeWarning, match="no classifier-free guidance, as in FluxPipeline"):
+        lone = sampler(flux, "obelm", cond, true_cfg_scale=2.0)  # no negatives: no CFG
+    assert torch.equal(lone.sample(x_T), a)
     # schnell (no guidance embedding) ignores guidance_scale, as the pipeline does
     schnell = tiny_flux_transformer(guidance_embeds=False)
     s2 = DiffusionSampler(schnell, flux.scheduler, N, disable_progress=True, **cond)
