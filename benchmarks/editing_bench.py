@@ -301,6 +301,31 @@ class Editor:
                 "DI + O-BELM": lambda: self.direct("obelm", w, f)}[name]()
 
 
+def reference_rows(clf: torch.nn.Module, n: int, seed: int, reps: int) -> list[dict]:
+    """The scale of the metrics: the same metrics for a *real* held-out digit of class b
+    (another image, no preservation at all: what a perfect edit that ignored the source would
+    score) and of class a (the spread within a class)."""
+    x0, a, b = edit_pairs(n, seed)
+    xt, yt = load_digits_split("test")
+    gen = torch.Generator().manual_seed(seed + 1000)
+    idx = resample_index(n, reps, seed)
+    rows = []
+    for name, cls in (("real digit of class b (reference)", b),
+                      ("real digit of class a (reference)", a)):
+        pick = []
+        for i, c in enumerate(cls.tolist()):
+            pool = [j for j in torch.nonzero(yt == c).flatten().tolist()
+                    if not torch.equal(xt[j], x0[i])]
+            pick.append(xt[pool[int(torch.randint(len(pool), (1,), generator=gen))]])
+        met = Metrics(clf, x0, cls)(torch.stack(pick))
+        rows.append(dict(method=name, guidance=float("nan"), frozen=float("nan"),
+                         success=summarise(met["success"], idx, _mean),
+                         ssim=summarise(met["ssim"], idx, _median),
+                         background=summarise(met["background"], idx, _median),
+                         style=summarise(met["style"], idx, _median)))
+    return rows
+
+
 # ---------------------------------------------------------------------- driver
 def summarise(vals: np.ndarray, idx: np.ndarray, stat: Callable[[np.ndarray], np.ndarray]
               ) -> dict[str, float]:
@@ -325,8 +350,9 @@ def settings(w_curve: float, frozen: Sequence[float], guidance: Sequence[float]
     return list(dict.fromkeys(cells))
 
 
-def plot(rows: list[dict], path: Path, w_curve: float) -> None:
-    """Success vs SSIM per method: the frozen-fraction curve (left) and the guidance sweep."""
+def plot(rows: list[dict], path: Path, w_curve: float, refs: Sequence[dict] = ()) -> None:
+    """Success vs SSIM per method: the frozen-fraction curve (left) and the guidance sweep;
+    ``refs`` (:func:`reference_rows`) as black stars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -349,6 +375,10 @@ def plot(rows: list[dict], path: Path, w_curve: float) -> None:
             for r, xv, yv in zip(pts, xs, ys, strict=True):
                 ax.annotate(f"{r[lab]:g}", (xv, yv), fontsize=6, xytext=(2, 2),
                             textcoords="offset points")
+    for ax in axes:
+        for r, mk in zip(refs, ("*", "P"), strict=False):
+            ax.plot([r["ssim"]["value"]], [r["success"]["value"]], mk, color="black",
+                    markersize=10, label=r["method"])
     axes[0].set_title(f"frozen fraction f (labels) at guidance {w_curve:g}")
     axes[1].set_title("guidance w (labels) at f = 0")
     for ax in axes:
@@ -376,6 +406,9 @@ def to_markdown(rows: list[dict], config: dict) -> str:
              f"{r['nfe_inversion']:.0f} + {r['nfe_edit']:.0f}",
              f"{1e3 * r['seconds_inversion']:.0f} + {1e3 * r['seconds_edit']:.0f}"]
             for r in rows]
+    refs = config.get("references", [])
+    ref_body = [[r["method"], "—", "—", ci(r["success"]), ci(r["ssim"]),
+                 ci(r["background"], ".3f"), ci(r["style"]), "—", "—"] for r in refs]
     return (
         "# Editing benchmark: digit class a → b by inversion (class-conditional DDPM)\n\n"
         f"{config['n']} held-out digits, each with a seeded target class b ≠ a; N = "
@@ -388,7 +421,11 @@ def to_markdown(rows: list[dict], config: dict) -> str:
         "one guidance; null-text's counts its optimisation's forwards, each also with a "
         "backward pass).  f: frozen fraction (edit_latents' knob); w: guidance of "
         "inversion and regeneration (DI, negative-prompt and null-text invert at w = 1).\n\n"
-        + markdown_table(head, body) + "\n")
+        + markdown_table(head, body)
+        + "\n\n## The scale: the same metrics for another real digit (no editing at all)\n\n"
+        "A different held-out digit of class b in place of the edit scores what an edit that "
+        "ignores the source would; one of class a, the spread within a class.\n\n"
+        + (markdown_table(head, ref_body) if ref_body else "(not computed)") + "\n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -406,6 +443,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--reps", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="re-render table and plot from a record (adds the reference rows)")
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.steps, args.nt_iters, args.reps = 4, 3, 1, 200
@@ -417,8 +456,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    m, scheduler = load_model(args.model)
     clf = load_classifier(args.classifier)
+    if args.from_json is not None:
+        record = json.loads(args.from_json.read_text())
+        c = record["config"]
+        c["references"] = reference_rows(clf, c["n"], c["seed"], c["reps"])
+        (args.out / "editing_bench.md").write_text(to_markdown(record["rows"], c))
+        (args.out / "editing_bench.json").write_text(json.dumps(record, indent=1) + "\n")
+        plot(record["rows"], args.out / "editing_tradeoff.png", c["w_curve"], c["references"])
+        return record
+    m, scheduler = load_model(args.model)
     x0, a, b = edit_pairs(args.n, args.seed)
     metrics = Metrics(clf, x0, b)
     counter = EvalCounter(m)
@@ -458,10 +505,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[{time.time() - t0:6.0f}s] {name} w={w:g} f={f:g}: success "
                   f"{row['success']['value']:.2f} ssim {row['ssim']['value']:.2f} "
                   f"nfe {inv_nfe:.0f}+{nfe:.0f}", flush=True)
+    config["references"] = reference_rows(clf, args.n, args.seed, args.reps)
     record = {"config": config, "rows": rows}
     (args.out / "editing_bench.md").write_text(to_markdown(rows, config))
     (args.out / "editing_bench.json").write_text(json.dumps(record, indent=1) + "\n")
-    plot(rows, args.out / "editing_tradeoff.png", args.w_curve)
+    plot(rows, args.out / "editing_tradeoff.png", args.w_curve, config["references"])
     grid_imgs = torch.cat([x0[:8].float(), *pictures.values()])
     save_image_grid(grid_imgs, args.out / "editing_examples.png", ncols=8,
                     title="row 1: sources; then one row per method: " + ", ".join(pictures)
