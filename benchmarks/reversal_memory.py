@@ -96,8 +96,10 @@ def _loss_grads(sampler, x, leaves, mode: str):
 def one(model: str, mode: str, n: int, repeats: int) -> dict:
     """One measurement, in this process (run by ``--one`` in a fresh process)."""
     torch.set_num_threads(1)
+    # warm up on a 5-step run (kernels, allocator pools), so every N starts from one state
+    warm, x, leaves, _ = _setup(model, 5, torch.float64)
+    _loss_grads(warm, x, leaves, mode)
     sampler, x, leaves, _ = _setup(model, n, torch.float64)
-    _loss_grads(sampler, x, leaves, mode) if n <= 20 else None  # warm caches on small runs
     saved, seen = 0, set()
 
     def pack(t):
