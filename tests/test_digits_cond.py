@@ -247,6 +247,9 @@ def test_editing_bench_quick(tmp_path):
         for k in ("success", "ssim", "background", "style"):
             assert r[k]["lo"] <= r[k]["value"] <= r[k]["hi"]
         assert 0.0 <= r["success"]["value"] <= 1.0 and r["nfe_edit"] > 0
+    refs = {r["method"]: r for r in rec["config"]["references"]}
+    assert refs["real digit of class b (reference)"]["success"]["value"] >= 0.75
+    assert "## The scale" in (tmp_path / "editing_bench.md").read_text()
     by = {(r["method"], r["guidance"], r["frozen"]): r for r in rows}
     # DI + O-BELM at w = 1 has nothing to correct: it is the plain O-BELM edit
     assert by[("DI + O-BELM", 1.0, 0.0)]["ssim"]["value"] == pytest.approx(
