@@ -42,7 +42,9 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.toy_convergence
 	$(BIN)/python -m benchmarks.digits_bench
+	$(BIN)/python -m benchmarks.flow_bench
 	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.guidance_roundtrip && $(BIN)/python -m benchmarks.editing_bench
 
 # Targeted mutation testing (tools/README.md): kill rate and survivors (~15–20 min).
 mutate: $(STAMP)

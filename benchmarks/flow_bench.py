@@ -68,7 +68,7 @@ from diffusers import (
     UNet2DModel,
     UniPCMultistepScheduler,
 )
-from lmsolvers.adapters.diffusers import DiffusionSampler, default_method
+from lmsolvers.adapters.diffusers import DiffusionSampler, default_method, to_epsilon
 from lmsolvers.adapters.schedules import Schedule, schedule_from_scheduler
 
 import lmsolvers as L
@@ -114,6 +114,16 @@ class FlowODE:
         """The network's velocity at model-space ``x`` and noise level σ ∈ [0, 1]."""
         t = torch.tensor(self.T * float(sigma), dtype=torch.float32)
         return self.unet(x.float(), t).sample.to(x.dtype)
+
+    def eps_bar(self, xbar: torch.Tensor, sigma_bar: float) -> torch.Tensor:
+        """``ε̄(x̄, σ̄)`` from :meth:`velocity` (float64 x, no float32 rounding of the input in
+        ``x + α v``): the ε the peers' transcriptions get, so that they and the diffusers
+        peers see one function (the adapters' ``DiffusersEps`` differs from it by the model
+        input's float32 rounding and, at nodes, the stock scheduler's float32 timestep)."""
+        sb = float(sigma_bar)
+        alpha, sigma = 1.0 / (1.0 + sb), sb / (1.0 + sb)
+        x = xbar * alpha
+        return to_epsilon(self.velocity(x, sigma), x, alpha, sigma, "flow")
 
     def schedule(self, n: int) -> Schedule:
         """The model scheduler's schedule for n FlowMatch steps (finite grid + α = 0 top)."""
@@ -430,7 +440,7 @@ def check_peers(ode: FlowODE, x_top: torch.Tensor, steps: tuple[int, ...],
             xbar_top = ds.enter(x_top)
             ours, _ = peer_solve(spec, 1.0 - np.asarray(grid.alphas)[::-1],
                                  xbar_top * float(grid.alphas[-1]), ode)
-            ref = ref_fn(spec.order, sb, xbar_top, ds.eps)
+            ref = ref_fn(spec.order, sb, xbar_top, ode.eps_bar)
             row[f"N={n}"] = float((ours - ref).abs().max())
         out[spec.name] = row
     return out
@@ -461,12 +471,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--from-json", type=Path, default=None,
                    help="only re-render the report and plots of a flow_bench.json")
+    p.add_argument("--redo-checks", type=Path, default=None,
+                   help="recompute the FlowMatchEuler and peer checks of a flow_bench.json "
+                        "(same model, noise and budgets), then re-render it")
     p.add_argument("--quick", action="store_true",
                    help="a reduced end-to-end run (seconds): the test suite's configuration")
     args = p.parse_args(argv)
     if args.quick:
-        args.n, args.budgets, args.rt_budgets, args.ref_dt = 6, [10, 14], [10], 20.0
-        args.n_ref_check, args.ref_chunk, args.n_rt, args.n_check = 3, 6, 3, 2
+        args.n, args.budgets, args.rt_budgets, args.ref_dt = 4, [10], [10], 25.0
+        args.n_ref_check, args.ref_chunk, args.n_rt, args.n_check = 2, 4, 2, 1
         args.boot, args.jobs = 200, 1
         if args.samplers is None:
             args.samplers = ["FlowMatchEuler (= DDIM)", "O-BELM", "O-BELM landing (default)",
@@ -500,13 +513,23 @@ def main(argv: list[str] | None = None) -> dict:
         record = json.loads(Path(args.from_json).read_text())
         write_report(record, out)
         return record
+    if args.redo_checks:
+        record = json.loads(Path(args.redo_checks).read_text())
+        torch.set_num_threads(args.threads)
+        _STATE.clear()
+        _init(dict(seed=record["config"]["seed"], n=record["config"]["n"],
+                   samplers=record["samplers"], n_rt=1, model_dir=str(args.model),
+                   threads=args.threads))
+        record.update(_checks(record["config"], [_STATE["specs"][nm] for nm in _STATE["order"]]))
+        (out / "flow_bench.json").write_text(json.dumps(record, indent=1, default=_json))
+        write_report(record, out)
+        return record
     torch.set_num_threads(args.threads)
     t_start = time.time()
     settings = dict(seed=args.seed, n=args.n, samplers=args.samplers, n_rt=args.n_rt,
                     model_dir=str(args.model), threads=args.threads)
     _STATE.clear()
     _init(settings)
-    ode: FlowODE = _STATE["ode"]
     specs = [_STATE["specs"][nm] for nm in _STATE["order"]]
     print(f"samplers: {[s.name for s in specs]}", flush=True)
     n = args.n
@@ -572,22 +595,28 @@ def main(argv: list[str] | None = None) -> dict:
                     title="digits rectified flow: reference ODE samples (seed "
                           f"{args.seed})")
 
-    x_chk = _STATE["noise"][: args.n_check]
-    chk_steps = tuple(b for b in (10, 20, 50) if b <= max(budgets))
-    fme = check_flowmatch_euler(ode, x_chk, chk_steps)
-    peer_check = check_peers(ode, x_chk, chk_steps, [s.name for s in specs]) \
-        if any(s.is_peer for s in specs) else {}
+    checks = _checks(vars(args), specs)
 
     summary = json.loads((Path(args.model) / "train_summary.json").read_text()) \
         if (Path(args.model) / "train_summary.json").exists() else {}
     record = dict(config=vars(args) | {"out": str(out), "model": str(args.model)},
-                  ref=ref_info, rows=rows, rt_rows=rt_rows, quality=quality,
-                  flowmatch_check=fme, peer_check=peer_check, samplers=_STATE["order"],
+                  ref=ref_info, rows=rows, rt_rows=rt_rows, quality=quality, **checks,
+                  samplers=_STATE["order"],
                   train_summary=summary, elapsed_s=time.time() - t_start)
     (out / "flow_bench.json").write_text(json.dumps(record, indent=1, default=_json))
     write_report(record, out)
     print(f"wrote {out / 'flow_bench.md'} in {record['elapsed_s']:.0f} s", flush=True)
     return record
+
+
+def _checks(cfg: dict, specs: list[S.SamplerSpec]) -> dict[str, Any]:
+    """The FlowMatchEuler and peer checks on the first ``n_check`` noises."""
+    ode: FlowODE = _STATE["ode"]
+    x_chk = _STATE["noise"][: cfg["n_check"]]
+    chk_steps = tuple(b for b in (10, 20, 50) if b <= max(cfg["budgets"]))
+    return dict(flowmatch_check=check_flowmatch_euler(ode, x_chk, chk_steps),
+                peer_check=check_peers(ode, x_chk, chk_steps, [s.name for s in specs])
+                if any(s.is_peer for s in specs) else {})
 
 
 @torch.no_grad()
