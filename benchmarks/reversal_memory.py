@@ -53,6 +53,28 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+class SavedGraph:
+    """Context manager: ``.bytes`` of the distinct storages autograd saves for backward
+    inside it (``saved_tensors_hooks``).  Each storage counts once: a layer saves its weight
+    at every step, and that is the same memory."""
+
+    def __enter__(self) -> SavedGraph:
+        self.bytes, self._seen = 0, set()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in self._seen:
+            self._seen.add(st.data_ptr())
+            self.bytes += st.nbytes()
+        return t
+
+
 def _setup(model: str, n: int, state_dtype: torch.dtype, method: str = "obelm"):
     """(sampler, noise, extra leaves to differentiate, call kwargs)."""
     from lmsolvers.adapters import DiffusionSampler
@@ -76,7 +98,9 @@ def _setup(model: str, n: int, state_dtype: torch.dtype, method: str = "obelm"):
     )
 
     unet = tiny_conditional_unet().eval().requires_grad_(False)
-    sched = DDIMScheduler(**SD_SCHEDULER_CONFIG)
+    # steps_offset 0: SD's offset 1 puts the top timestep of a 1000-step 'leading' grid at
+    # t = 1000, outside the table (DDIMScheduler fails there too)
+    sched = DDIMScheduler(**dict(SD_SCHEDULER_CONFIG, steps_offset=0))
     emb = tiny_prompt_embeds(1, batch=2).requires_grad_()
     neg = tiny_prompt_embeds(2, batch=2)
     sampler = DiffusionSampler(unet, sched, n, method=method, prompt_embeds=emb,
@@ -100,24 +124,13 @@ def one(model: str, mode: str, n: int, repeats: int) -> dict:
     warm, x, leaves, _ = _setup(model, 5, torch.float64)
     _loss_grads(warm, x, leaves, mode)
     sampler, x, leaves, _ = _setup(model, n, torch.float64)
-    saved, seen = 0, set()
-
-    def pack(t):
-        # count each storage once: a layer saves its weight at every step, the same memory
-        nonlocal saved
-        st = t.untyped_storage()
-        if st.data_ptr() not in seen:
-            seen.add(st.data_ptr())
-            saved += st.nbytes()
-        return t
-
     base = _kib("VmRSS")
     _reset_peak()
     t0 = time.perf_counter()
     xr = x.clone().requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedGraph() as saved:
         out = sampler.sample(xr, grad=mode)
-    graph_bytes = saved
+    graph_bytes = saved.bytes
     loss = (out.double() ** 2).mean()
     torch.autograd.grad(loss, [xr] + leaves)
     first = time.perf_counter() - t0

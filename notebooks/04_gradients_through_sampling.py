@@ -32,6 +32,7 @@ ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents)
             if (p / "models" / "digits_ddpm").is_dir())
 os.chdir(ROOT)
 from benchmarks.digits_classifier import load_classifier  # the benchmarks' classifier
+from benchmarks.reversal_memory import SavedGraph
 
 torch.manual_seed(0)
 unet = UNet2DModel.from_pretrained(ROOT / "models" / "digits_ddpm").eval().requires_grad_(False)
@@ -74,20 +75,10 @@ print(f"relative difference reversible vs full: "
 
 # %%
 def saved_bytes(mode):
-    total, seen = 0, set()
-
-    def pack(t):  # each storage once (a layer saves its weight at every step)
-        nonlocal total
-        st = t.untyped_storage()
-        if st.data_ptr() not in seen:
-            seen.add(st.data_ptr())
-            total += st.nbytes()
-        return t
-
     x = x_T.clone().requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedGraph() as saved:  # distinct storages autograd keeps for backward
         sampler.sample(x, grad=mode)
-    return total
+    return saved.bytes
 
 
 mem = {mode: saved_bytes(mode) / 2**20 for mode in ("full", "reversible")}
