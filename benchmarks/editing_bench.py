@@ -28,7 +28,8 @@ Methods (inversion → regeneration; all on an N-step grid, DDIM-type steps unle
 
 Knobs (the library's, :func:`~lmsolvers.adapters.edit_latents`): ``frozen_fraction`` f (the
 first ⌊f N⌉ sampling steps keep the source class: nodes m ≥ N − n_f + 1, the same rule for
-every method here) swept at guidance ``--w-curve``, and the guidance scale w swept at f = 0.
+every method here: :func:`~lmsolvers.adapters.frozen_threshold`) swept at guidance
+``--w-curve``, and the guidance scale w swept at f = 0.
 
 Metrics, per edit (images in [−1, 1]):
 
@@ -56,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -64,10 +64,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from lmsolvers.adapters import ClassEmbeddingUNet, class_guided_eps, class_sampler, edit_latents
+from lmsolvers.adapters import (
+    ClassEmbeddingUNet,
+    class_guided_eps,
+    class_sampler,
+    edit_latents,
+    frozen_threshold,
+)
 
 import lmsolvers
-from lmsolvers.grid import Grid
 
 from .digits_classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
 from .digits_data import load_digits_split, save_image_grid
@@ -152,13 +157,6 @@ class Metrics:
 
 
 # ------------------------------------------------------------------ the edits
-def frozen_threshold(grid: Grid, frozen_fraction: float) -> float:
-    """σ̄ from which ε keeps the source class: :func:`~lmsolvers.adapters.edit_latents`'s
-    rule (nodes m ≥ N − n_f + 1 with n_f = round(f N)), for the edits it cannot run."""
-    n_frozen = round(frozen_fraction * grid.N)
-    return math.inf if n_frozen == 0 else float(grid.sigma_bar[grid.N - n_frozen + 1])
-
-
 class Editor:
     """Runs every method's edit of ``x0`` (class a → b), caching inversions per guidance."""
 
