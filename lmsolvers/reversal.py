@@ -139,6 +139,9 @@ class _ReversibleSample(torch.autograd.Function):
                  total=grid.N, aux_name=integ.aux_name) as run:
             out = drive_sampling(integ, spec.plan_f, run, start, spec.latent is not None)
             spec.bottom = run.window
+        # the window keeps node 0 for the backward pass: hand out a copy, so that editing the
+        # result in place cannot corrupt the rebuilt trajectory
+        out = out.clone()
         spec.like = like
         ctx.spec = spec
         ctx.save_for_backward(*tensors[:spec.n_states])

@@ -242,3 +242,22 @@ def test_differentiable_leaves_finds_parameters_and_closures():
                                                                           dtype=torch.float64), 1.0)
     ids = {id(t) for t in found}
     assert ids == {id(p) for p in net.parameters()} | {id(emb_leaf)}
+
+
+def test_editing_the_result_in_place_does_not_change_the_gradient():
+    """The backward pass starts from the bottom states the forward kept, not from the tensor
+    handed out (a user may clamp it in place)."""
+    net, emb_leaf = _problem(3, seed=7)
+    grid = L.Grid.power(6, 4.0, 0.0, 2.0)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+
+    def eps(y, s):
+        return net(y, s, emb_leaf)
+
+    out = L.sample(eps, grid, "obelm", x, grad="reversible", disable=True)
+    (g_ref,) = torch.autograd.grad(out.sum(), [x])
+    out = L.sample(eps, grid, "obelm", x, grad="reversible", disable=True)
+    total = out.sum()
+    out.detach().mul_(0.0)  # edit the storage behind the handed-out tensor
+    (g,) = torch.autograd.grad(total, [x])
+    assert torch.equal(g, g_ref)
