@@ -29,6 +29,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,130 @@ def build_optimizer(params, lr: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
 
 
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Yield index batches forever: epoch-wise shuffling without replacement.
+
+    Each epoch draws ``torch.randperm(n, generator=generator)`` (lazily, at the first batch of
+    the epoch) and yields its consecutive ``batch_size`` slices; an incomplete tail is dropped,
+    so each image is seen at most once per epoch.
+    """
+    perm = torch.randperm(n, generator=generator)
+    cursor = 0
+    while True:
+        if cursor + batch_size > n:
+            perm = torch.randperm(n, generator=generator)
+            cursor = 0
+        yield perm[cursor : cursor + batch_size]
+        cursor += batch_size
+
+
+def train_loop(
+    unet: torch.nn.Module,
+    ema: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    scheduler,
+    args: argparse.Namespace,
+    loss_fn: Callable[[int], torch.Tensor],
+    *,
+    desc: str,
+    n_params: int,
+    n_train: int,
+    extra_summary: dict | None = None,
+    anneal_by_clock: bool = False,
+) -> dict:
+    """Run the training loop shared by the digits models, then save the EMA model and a summary.
+
+    Per step ``k``: learning rate ``lr_at(k', steps, lr, warmup)`` where ``k' = k``, or with
+    ``anneal_by_clock`` and a ``--minutes`` budget ``k' = max(k, ⌊steps · elapsed/budget⌋)``
+    (so a run stopped by the clock has still annealed); ``loss = loss_fn(k)`` (which draws the
+    batch and computes the model-specific loss); backward, gradient-norm clipping to 1, an
+    AdamW step, and the EMA update with decay ``min(ema_decay, (1 + k)/(10 + k))``. A row
+    ``step, loss, loss_avg, lr, elapsed_s`` goes to ``train_log.csv`` every ``log_every``
+    steps (``loss_avg`` is the 0.99-smoothed loss); the loop stops after ``args.steps`` steps
+    or when the wall-clock budget ``args.minutes`` is exceeded. Then the EMA model and
+    ``scheduler`` are saved to ``args.out`` with ``train_summary.json`` (the common fields,
+    then ``extra_summary``), which is also returned.
+
+    ``args`` must carry ``steps, batch_size, lr, warmup, ema_decay, out, minutes, seed,
+    threads, log_every`` (the three training scripts' common flags).
+    """
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_file = (args.out / "train_log.csv").open("w", newline="")
+    writer = csv.writer(log_file)
+    writer.writerow(["step", "loss", "loss_avg", "lr", "elapsed_s"])
+
+    t0 = time.time()
+    budget = 60.0 * args.minutes if args.minutes is not None else math.inf
+    loss_avg = None
+    step = 0
+    stopped_by_clock = False
+    pbar = tqdm(range(args.steps), desc=desc, mininterval=5.0, file=sys.stdout)
+    unet.train()
+    for step in pbar:
+        virtual = step
+        if anneal_by_clock and budget < math.inf:
+            # Schedule position: the step fraction, or the wall-clock fraction if that is ahead.
+            clock = int(args.steps * min(1.0, (time.time() - t0) / budget))
+            virtual = max(step, clock)
+        lr = lr_at(virtual, args.steps, args.lr, args.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        # Clipping guards against the occasional huge gradient at tiny t (eps hard to see).
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        # EMA warm-up: early on the average would otherwise be dominated by the random init.
+        ema_update(ema, unet, min(args.ema_decay, (1.0 + step) / (10.0 + step)))
+
+        val = loss.item()
+        loss_avg = val if loss_avg is None else 0.99 * loss_avg + 0.01 * val
+        if step % args.log_every == 0 or step == args.steps - 1:
+            writer.writerow(
+                [step, f"{val:.6f}", f"{loss_avg:.6f}", f"{lr:.3e}", f"{time.time() - t0:.1f}"]
+            )
+            log_file.flush()
+            pbar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{lr:.1e}")
+        if time.time() - t0 > budget:
+            stopped_by_clock = True
+            print(
+                f"\nwall-clock budget of {args.minutes} min reached at step {step + 1}", flush=True
+            )
+            break
+    pbar.close()
+    log_file.close()
+    elapsed = time.time() - t0
+    steps_done = step + 1
+
+    ema.save_pretrained(args.out, safe_serialization=True)
+    scheduler.save_pretrained(args.out)
+    summary = {
+        "steps": steps_done,
+        "steps_planned": args.steps,
+        "stopped_by_wall_clock": stopped_by_clock,
+        "batch_size": args.batch_size,
+        "peak_lr": args.lr,
+        "ema_decay": args.ema_decay,
+        "seed": args.seed,
+        "threads": args.threads,
+        "minutes_budget": args.minutes,
+        "elapsed_s": round(elapsed, 1),
+        "final_loss_ema_avg": round(float(loss_avg), 6) if loss_avg is not None else None,
+        "parameters": n_params,
+        "train_images": n_train,
+        "weights": "EMA",
+        **(extra_summary or {}),
+    }
+    (args.out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(
+        f"saved EMA UNet to {args.out} after {steps_done} steps in {elapsed / 60:.1f} min; "
+        f"smoothed loss {loss_avg:.4f}",
+        flush=True,
+    )
+    return summary
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -147,85 +272,18 @@ def main(argv: list[str] | None = None) -> None:
     opt = build_optimizer(unet.parameters(), args.lr)
     gen = torch.Generator().manual_seed(args.seed)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    log_path = args.out / "train_log.csv"
-    log_file = log_path.open("w", newline="")
-    writer = csv.writer(log_file)
-    writer.writerow(["step", "loss", "loss_avg", "lr", "elapsed_s"])
+    batches = epoch_batches(n, args.batch_size, gen)
+    t_max = scheduler.config.num_train_timesteps
 
-    t0 = time.time()
-    deadline = t0 + 60.0 * args.minutes if args.minutes is not None else math.inf
-    perm = torch.randperm(n, generator=gen)
-    cursor = 0
-    loss_avg = None
-    step = 0
-    pbar = tqdm(range(args.steps), desc="ddpm", mininterval=5.0, file=sys.stdout)
-    unet.train()
-    for step in pbar:
-        # Epoch-wise shuffling without replacement (each image seen once per epoch).
-        if cursor + args.batch_size > n:
-            perm = torch.randperm(n, generator=gen)
-            cursor = 0
-        x0 = x_train[perm[cursor : cursor + args.batch_size]]
-        cursor += args.batch_size
-
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+    def loss_fn(step: int) -> torch.Tensor:
+        x0 = x_train[next(batches)]
+        t = torch.randint(0, t_max, (x0.shape[0],), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1.0 - a).sqrt() * eps
+        return torch.nn.functional.mse_loss(unet(xt, t).sample, eps)
 
-        lr = lr_at(step, args.steps, args.lr, args.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss = torch.nn.functional.mse_loss(unet(xt, t).sample, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        # Clipping guards against the occasional huge gradient at tiny t (eps hard to see).
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        # EMA warm-up: early on the average would otherwise be dominated by the random init.
-        ema_update(ema, unet, min(args.ema_decay, (1.0 + step) / (10.0 + step)))
-
-        val = loss.item()
-        loss_avg = val if loss_avg is None else 0.99 * loss_avg + 0.01 * val
-        if step % args.log_every == 0 or step == args.steps - 1:
-            writer.writerow(
-                [step, f"{val:.6f}", f"{loss_avg:.6f}", f"{lr:.3e}", f"{time.time() - t0:.1f}"]
-            )
-            log_file.flush()
-            pbar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{lr:.1e}")
-        if time.time() > deadline:
-            print(
-                f"\nwall-clock budget of {args.minutes} min reached at step {step + 1}", flush=True
-            )
-            break
-    pbar.close()
-    log_file.close()
-    elapsed = time.time() - t0
-    steps_done = step + 1
-
-    ema.save_pretrained(args.out, safe_serialization=True)
-    scheduler.save_pretrained(args.out)
-    summary = {
-        "steps": steps_done,
-        "steps_planned": args.steps,
-        "batch_size": args.batch_size,
-        "peak_lr": args.lr,
-        "ema_decay": args.ema_decay,
-        "seed": args.seed,
-        "threads": args.threads,
-        "elapsed_s": round(elapsed, 1),
-        "final_loss_ema_avg": round(float(loss_avg), 6) if loss_avg is not None else None,
-        "parameters": n_params,
-        "train_images": n,
-        "weights": "EMA",
-    }
-    (args.out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(
-        f"saved EMA UNet to {args.out} after {steps_done} steps in {elapsed / 60:.1f} min; "
-        f"smoothed loss {loss_avg:.4f}",
-        flush=True,
-    )
+    train_loop(unet, ema, opt, scheduler, args, loss_fn, desc="ddpm", n_params=n_params, n_train=n)
 
 
 if __name__ == "__main__":

@@ -30,21 +30,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import json
-import math
 import random
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import UNet2DModel
-from tqdm import tqdm
 
 from .digits_data import REPO_ROOT, load_digits_split
-from .train_digits import build_optimizer, build_scheduler, build_unet, ema_update, lr_at
+from .train_digits import (
+    build_optimizer,
+    build_scheduler,
+    build_unet,
+    epoch_batches,
+    train_loop,
+)
 
 #: Where the trained model is committed.
 DEFAULT_OUT = REPO_ROOT / "models" / "digits_cond"
@@ -113,88 +113,31 @@ def main(argv: list[str] | None = None) -> None:
 
     opt = build_optimizer(unet.parameters(), args.lr)
     gen = torch.Generator().manual_seed(args.seed)
+    batches = epoch_batches(n, args.batch_size, gen)
+    t_max = scheduler.config.num_train_timesteps
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    log_file = (args.out / "train_log.csv").open("w", newline="")
-    writer = csv.writer(log_file)
-    writer.writerow(["step", "loss", "loss_avg", "lr", "elapsed_s"])
-
-    t0 = time.time()
-    budget = 60.0 * args.minutes if args.minutes is not None else math.inf
-    perm = torch.randperm(n, generator=gen)
-    cursor = 0
-    loss_avg = None
-    step = 0
-    pbar = tqdm(range(args.steps), desc="cond-ddpm", mininterval=10.0, file=sys.stdout)
-    unet.train()
-    for step in pbar:
-        if cursor + args.batch_size > n:  # epoch-wise shuffling without replacement
-            perm = torch.randperm(n, generator=gen)
-            cursor = 0
-        idx = perm[cursor : cursor + args.batch_size]
-        cursor += args.batch_size
+    def loss_fn(step: int) -> torch.Tensor:
+        idx = next(batches)
         x0 = x_train[idx]
         labels = drop_labels(y_train[idx], args.p_uncond, gen)
-
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+        t = torch.randint(0, t_max, (x0.shape[0],), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1.0 - a).sqrt() * eps
+        return torch.nn.functional.mse_loss(unet(xt, t, class_labels=labels).sample, eps)
 
-        elapsed = time.time() - t0
-        # Schedule position: the step fraction, or the wall-clock fraction if that is ahead.
-        clock = int(args.steps * min(1.0, elapsed / budget)) if budget < math.inf else 0
-        virtual = max(step, clock)
-        lr = lr_at(virtual, args.steps, args.lr, args.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss = torch.nn.functional.mse_loss(unet(xt, t, class_labels=labels).sample, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, unet, min(args.ema_decay, (1.0 + step) / (10.0 + step)))
-
-        val = loss.item()
-        loss_avg = val if loss_avg is None else 0.99 * loss_avg + 0.01 * val
-        if step % args.log_every == 0 or step == args.steps - 1:
-            writer.writerow(
-                [step, f"{val:.6f}", f"{loss_avg:.6f}", f"{lr:.3e}", f"{time.time() - t0:.1f}"]
-            )
-            log_file.flush()
-            pbar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{lr:.1e}")
-        if time.time() - t0 > budget:
-            print(f"\nbudget of {args.minutes} min reached at step {step + 1}", flush=True)
-            break
-    pbar.close()
-    log_file.close()
-    elapsed = time.time() - t0
-    steps_done = step + 1
-
-    ema.save_pretrained(args.out, safe_serialization=True)
-    scheduler.save_pretrained(args.out)
-    summary = {
-        "steps": steps_done,
-        "steps_planned": args.steps,
-        "batch_size": args.batch_size,
-        "peak_lr": args.lr,
-        "ema_decay": args.ema_decay,
-        "p_uncond": args.p_uncond,
-        "null_class": NULL_CLASS,
-        "seed": args.seed,
-        "threads": args.threads,
-        "minutes_budget": args.minutes,
-        "elapsed_s": round(elapsed, 1),
-        "final_loss_ema_avg": round(float(loss_avg), 6) if loss_avg is not None else None,
-        "parameters": n_params,
-        "train_images": n,
-        "weights": "EMA",
-    }
-    (args.out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(
-        f"saved EMA UNet to {args.out} after {steps_done} steps in {elapsed / 60:.1f} min; "
-        f"smoothed loss {loss_avg:.4f}",
-        flush=True,
+    train_loop(
+        unet,
+        ema,
+        opt,
+        scheduler,
+        args,
+        loss_fn,
+        desc="cond-ddpm",
+        n_params=n_params,
+        n_train=n,
+        extra_summary={"p_uncond": args.p_uncond, "null_class": NULL_CLASS},
+        anneal_by_clock=True,
     )
 
 

@@ -37,22 +37,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import json
-import math
 import random
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling
-from tqdm import tqdm
 
 from .digits_data import REPO_ROOT, load_digits_split
-from .train_digits import build_unet, ema_update, lr_at
+from .train_digits import build_optimizer, build_unet, epoch_batches, train_loop
 
 #: Where the trained model is committed.
 DEFAULT_OUT = REPO_ROOT / "models" / "digits_flow"
@@ -133,90 +127,34 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in unet.parameters())
     print(f"train images: {n}; UNet parameters: {n_params:,}", flush=True)
 
-    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=1e-4)
+    opt = build_optimizer(unet.parameters(), args.lr)
     gen = torch.Generator().manual_seed(args.seed)
+    batches = epoch_batches(n, args.batch_size, gen)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    log_path = args.out / "train_log.csv"
-    log_file = log_path.open("w", newline="")
-    writer = csv.writer(log_file)
-    writer.writerow(["step", "loss", "loss_avg", "lr", "elapsed_s"])
-
-    t0 = time.time()
-    deadline = t0 + 60.0 * args.minutes if args.minutes is not None else math.inf
-    perm = torch.randperm(n, generator=gen)
-    cursor = 0
-    loss_avg = None
-    step = 0
-    stopped_by_clock = False
-    pbar = tqdm(range(args.steps), desc="flow", mininterval=5.0, file=sys.stdout)
-    unet.train()
-    for step in pbar:
-        if cursor + args.batch_size > n:
-            perm = torch.randperm(n, generator=gen)
-            cursor = 0
-        x0 = x_train[perm[cursor : cursor + args.batch_size]]
-        cursor += args.batch_size
-
+    def loss_fn(step: int) -> torch.Tensor:
+        x0 = x_train[next(batches)]
         sigma = sample_sigmas(x0.shape[0], gen)
         eps = torch.randn(x0.shape, generator=gen)
         x_sigma, v = flow_pair(x0, eps, sigma)
+        return torch.nn.functional.mse_loss(unet(x_sigma, sigma * t_scale).sample, v)
 
-        lr = lr_at(step, args.steps, args.lr, args.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss = torch.nn.functional.mse_loss(unet(x_sigma, sigma * t_scale).sample, v)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, unet, min(args.ema_decay, (1.0 + step) / (10.0 + step)))
-
-        val = loss.item()
-        loss_avg = val if loss_avg is None else 0.99 * loss_avg + 0.01 * val
-        if step % args.log_every == 0 or step == args.steps - 1:
-            writer.writerow(
-                [step, f"{val:.6f}", f"{loss_avg:.6f}", f"{lr:.3e}", f"{time.time() - t0:.1f}"]
-            )
-            log_file.flush()
-            pbar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{lr:.1e}")
-        if time.time() > deadline:
-            stopped_by_clock = True
-            print(
-                f"\nwall-clock budget of {args.minutes} min reached at step {step + 1}", flush=True
-            )
-            break
-    pbar.close()
-    log_file.close()
-    elapsed = time.time() - t0
-    steps_done = step + 1
-
-    ema.save_pretrained(args.out, safe_serialization=True)
-    scheduler.save_pretrained(args.out)
-    summary = {
-        "steps": steps_done,
-        "steps_planned": args.steps,
-        "stopped_by_wall_clock": stopped_by_clock,
-        "batch_size": args.batch_size,
-        "peak_lr": args.lr,
-        "ema_decay": args.ema_decay,
-        "seed": args.seed,
-        "threads": args.threads,
-        "elapsed_s": round(elapsed, 1),
-        "final_loss_ema_avg": round(float(loss_avg), 6) if loss_avg is not None else None,
-        "parameters": n_params,
-        "train_images": n,
-        "weights": "EMA",
+    extra = {
         "path": "x_sigma = (1 - sigma) x0 + sigma eps",
         "target": "v = eps - x0 (MSE, unweighted)",
         "sigma_density": f"logit-normal(mean={LOGIT_MEAN}, std={LOGIT_STD}), continuous",
         "timestep_input": f"t = {t_scale:g} * sigma",
     }
-    (args.out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(
-        f"saved EMA UNet to {args.out} after {steps_done} steps in {elapsed / 60:.1f} min; "
-        f"smoothed loss {loss_avg:.4f}",
-        flush=True,
+    train_loop(
+        unet,
+        ema,
+        opt,
+        scheduler,
+        args,
+        loss_fn,
+        desc="flow",
+        n_params=n_params,
+        n_train=n,
+        extra_summary=extra,
     )
 
 
