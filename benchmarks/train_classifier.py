@@ -14,12 +14,10 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -32,6 +30,7 @@ from .digits_classifier import (
     save_classifier,
 )
 from .digits_data import load_digits_split
+from .train_digits import seed_run
 
 
 def random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 1) -> torch.Tensor:
@@ -78,10 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Train, evaluate on the held-out split, save, and verify the saved copy reloads."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    random.seed(args.seed)
+    seed_run(args.seed, args.threads)
     gen = torch.Generator().manual_seed(args.seed)
 
     x_train, y_train = load_digits_split("train")

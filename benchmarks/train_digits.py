@@ -223,15 +223,33 @@ def train_loop(
     return summary
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse the command line."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=15000, help="optimiser steps (default 15000)")
+def seed_run(seed: int, threads: int) -> None:
+    """Fix the torch CPU thread count and seed torch's, NumPy's and Python's global generators.
+
+    The digits training scripts (and :mod:`benchmarks.train_classifier`) call it first, before
+    any network is built, so that weight initialisation is reproducible from ``seed``.
+    """
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def training_parser(description: str | None, *, steps: int, out: Path) -> argparse.ArgumentParser:
+    """Return a parser with the flags :func:`train_loop` reads (defaults: ``steps``, ``out``).
+
+    ``--steps --batch-size --lr --warmup --ema-decay --out --minutes --seed --threads
+    --log-every``; a script adds its own flags to the returned parser.
+    """
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--steps", type=int, default=steps, help=f"optimiser steps (default {steps})")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=300, help="linear warm-up steps")
     p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "digits_ddpm")
+    p.add_argument("--out", type=Path, default=out)
     p.add_argument(
         "--minutes",
         type=float,
@@ -247,16 +265,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "0.4-4 s/step with 2 threads, which contend with each other and any other process)",
     )
     p.add_argument("--log-every", type=int, default=50, help="steps between CSV log rows")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    return training_parser(
+        __doc__, steps=15000, out=REPO_ROOT / "models" / "digits_ddpm"
+    ).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Train, then save the EMA UNet, the scheduler config and the loss log."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    random.seed(args.seed)
+    seed_run(args.seed, args.threads)
 
     write_split()  # (re)write models/digits_split.json so the run records its exact data
     x_train, _ = load_digits_split("train")

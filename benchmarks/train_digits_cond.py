@@ -30,10 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
-from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import UNet2DModel
 
@@ -43,7 +40,9 @@ from .train_digits import (
     build_scheduler,
     build_unet,
     epoch_batches,
+    seed_run,
     train_loop,
+    training_parser,
 )
 
 #: Where the trained model is committed.
@@ -75,18 +74,8 @@ def drop_labels(y: torch.Tensor, p_uncond: float, generator: torch.Generator) ->
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=12000, help="optimiser steps (default 12000)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
-    p.add_argument("--warmup", type=int, default=300, help="linear warm-up steps")
-    p.add_argument("--ema-decay", type=float, default=0.999)
+    p = training_parser(__doc__, steps=12000, out=DEFAULT_OUT)
     p.add_argument("--p-uncond", type=float, default=0.15, help="label-dropout probability")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget (min)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest)")
-    p.add_argument("--log-every", type=int, default=50, help="steps between CSV log rows")
     args = p.parse_args(argv)
     if not 0.0 < args.p_uncond < 1.0:
         p.error(f"--p-uncond must lie in (0, 1), got {args.p_uncond}")
@@ -96,10 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Train, then save the EMA UNet, the scheduler config, the loss log and a summary."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    random.seed(args.seed)
+    seed_run(args.seed, args.threads)
 
     x_train, y_train = load_digits_split("train")
     n = x_train.shape[0]

@@ -37,16 +37,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
-from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from .digits_data import REPO_ROOT, load_digits_split
-from .train_digits import build_optimizer, build_unet, epoch_batches, train_loop
+from .train_digits import (
+    build_optimizer,
+    build_unet,
+    epoch_batches,
+    seed_run,
+    train_loop,
+    training_parser,
+)
 
 #: Where the trained model is committed.
 DEFAULT_OUT = REPO_ROOT / "models" / "digits_flow"
@@ -88,32 +92,13 @@ def flow_pair(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=8000, help="optimiser steps (default 8000)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
-    p.add_argument("--warmup", type=int, default=300, help="linear warm-up steps")
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument(
-        "--minutes",
-        type=float,
-        default=None,
-        help="wall-clock budget; training stops (and saves) when it is exhausted",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest)")
-    p.add_argument("--log-every", type=int, default=50, help="steps between CSV log rows")
-    return p.parse_args(argv)
+    return training_parser(__doc__, steps=8000, out=DEFAULT_OUT).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Train, then save the EMA UNet, the flow-matching scheduler config and the loss log."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    random.seed(args.seed)
+    seed_run(args.seed, args.threads)
 
     # The committed split (models/digits_split.json) is read, never rewritten: the flow model
     # must see exactly the DDPM's training images.
