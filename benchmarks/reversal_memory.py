@@ -241,7 +241,9 @@ def main(argv: list[str] | None = None) -> str:
     md = ["# Gradients through sampling: memory and time (O-BELM, float64 state, 1 thread)",
           "", "`python -m benchmarks.reversal_memory`; peak = rise of the peak RSS during "
           "forward + backward; graph = distinct storages autograd saved in the forward pass; "
-          f"time = median of {repeats} runs of forward + backward.", "",
+          f"time = median of {repeats} runs of forward + backward. The reversible run's "
+          "graph is the one ε evaluation that finds the tensors to differentiate (constant "
+          "in N); the time ratio is noisy on a shared machine.", "",
           markdown_table(["model", "N", "reversible peak MiB", "reversible graph MiB",
                           "full peak MiB", "full graph MiB", "reversible s", "full s",
                           "time ratio"], table)]
