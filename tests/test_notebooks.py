@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 NOTEBOOKS = ["01_derive_belm.py", "02_exact_inversion.py", "03_stable_diffusion_editing.py",
              "04_gradients_through_sampling.py"]
-#: Per-cell and per-notebook limits (seconds); the three take ~40 s together on 2 cores.
+#: Per-cell and per-notebook limits (seconds); the four take ~90 s together on 2 cores.
 CELL_TIMEOUT = 180
 NOTEBOOK_BUDGET = 240
 #: Pictures each notebook shows when run in tiny mode (counted PNG outputs).
