@@ -59,6 +59,7 @@ from lmsolvers.grid import vp_alpha
 from . import samplers as S
 from .digits_classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
 from .digits_data import REPO_ROOT, load_digits_split, save_image_grid
+from .samplers import fmt_value as _f  # short: used in every table cell
 from .tables import markdown_table
 
 MODEL = REPO_ROOT / "models" / "digits_ddpm"
@@ -423,7 +424,7 @@ def _reference_from(res: dict, args: argparse.Namespace, ode: DigitsODE
                       key=lambda j: j.lo)
     ref = np.concatenate([res[j]["x0"] for j in ref_jobs])
     check_job = next(j for j in res if j.kind == "ref" and j.tag == "check")
-    diff = per_sample_error(res[check_job]["x0"], ref[: args.n_ref_check])
+    diff = S.per_sample_error(res[check_job]["x0"], ref[: args.n_ref_check])
     info = dict(
         method="classical RK4 in log σ̄, nodes on every m-th training timestep, "
                "then 4 RK4 steps in σ̄ to 0",
@@ -434,14 +435,6 @@ def _reference_from(res: dict, args: argparse.Namespace, ode: DigitsODE
         selfconv_rms=float(np.sqrt(np.mean(diff**2))), selfconv_max=float(diff.max()),
         wall_s=sum(res[j]["wall"] for j in ref_jobs) + res[check_job]["wall"])
     return ref, info
-
-
-def per_sample_error(x0: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """RMS over pixels of each sample (inf where the sample is not finite)."""
-    d = (x0 - ref).reshape(len(x0), -1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        e = np.sqrt(np.mean(d**2, axis=1))
-    return np.where(np.isfinite(e), e, np.inf)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -521,7 +514,7 @@ def main(argv: list[str] | None = None) -> dict:
             row = dict(sampler=j.sampler, family=j.family, budget=j.budget, steps=r.get("steps"))
             if r.get("steps") is None:
                 return row
-            err = per_sample_error(r["x0"][:m], ref[:m])
+            err = S.per_sample_error(r["x0"][:m], ref[:m])
             row.update(S.summarise_errors(err, idx_full if m == n else idx_pilot),
                        nfe=r["nfe"], wall_s=r["wall"], note=r.get("note", ""))
             return row
@@ -683,23 +676,6 @@ def _slug(name: str) -> str:
 
 
 # ------------------------------------------------------------------ reporting
-def _f(v: Any, fmt: str = ".2e") -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "—"
-    if isinstance(v, float) and np.isinf(v):
-        return "diverged"
-    return format(v, fmt)
-
-
-def cell(r: dict | None, key: str = "median", bold: bool = False) -> str:
-    """``value [lo, hi]`` of a stats row (— when the budget does not fit the sampler)."""
-    if r is None or r.get("steps") is None:
-        return "—"
-    v = _f(r[key])
-    v = f"**{v}**" if bold else v
-    return f"{v} [{_f(r[key + '_lo'])}, {_f(r[key + '_hi'])}]"
-
-
 def stats_table(rows: list[dict], budgets: list[int], key: str = "median",
                 label: dict[str, str] | None = None) -> str:
     names = list(dict.fromkeys(r["sampler"] for r in rows))
@@ -709,7 +685,7 @@ def stats_table(rows: list[dict], budgets: list[int], key: str = "median",
     return markdown_table(
         ["sampler", *(f"NFE {b}" for b in budgets)],
         ([(label or {}).get(nm, nm),
-          *(cell(by.get((nm, b)), key, bold=by.get((nm, b), {}).get(key) == best[b])
+          *(S.stats_cell(by.get((nm, b)), key, bold=by.get((nm, b), {}).get(key) == best[b])
             for b in budgets)] for nm in names))
 
 

@@ -78,6 +78,7 @@ from . import samplers as S
 from .check_digits_model import confidence_report
 from .digits_classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
 from .digits_data import REPO_ROOT, load_digits_split, save_image_grid
+from .samplers import fmt_value as _f  # short: used in every table cell
 from .tables import markdown_table
 
 MODEL = REPO_ROOT / "models" / "digits_flow"
@@ -183,17 +184,8 @@ def make_specs(names: list[str] | None = None) -> list[S.SamplerSpec]:
     # the designs cost seconds of sympy each: only those asked for
     ks = tuple(k for k in (3, 4, 5) if names is None or f"BELM-{k}" in names)
     specs += [S.SamplerSpec(f"BELM-{k}", "lm", L.belm(k)) for k in S.available_belm_ks(ks)]
-    specs += [S.SamplerSpec("O-BELM landing (default)", "lm", default_method()),
-              S.SamplerSpec("DPM-Solver++(2M)", "dpm", order=2),
-              S.SamplerSpec("DPM-Solver++(3M)", "dpm", order=3),
-              S.SamplerSpec("UniPC-3 (bh2)", "unipc", order=3)]
-    if names is not None:
-        unknown = set(names) - {s.name for s in specs}
-        if unknown:
-            raise ValueError(f"unknown sampler names {sorted(unknown)}; known: "
-                             f"{[s.name for s in specs]}")
-        specs = [s for s in specs if s.name in names]
-    return specs
+    specs.append(S.SamplerSpec("O-BELM landing (default)", "lm", default_method()))
+    return S.select_specs(specs + S.peer_specs(), names)
 
 
 def flow_peer_config(spec: S.SamplerSpec, shift: float = 1.0) -> dict:
@@ -488,14 +480,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def per_sample_error(x0: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """RMS over pixels of each sample (inf where the sample is not finite)."""
-    d = (x0 - ref).reshape(len(x0), -1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        e = np.sqrt(np.mean(d**2, axis=1))
-    return np.where(np.isfinite(e), e, np.inf)
-
-
 def _json(o: Any) -> Any:
     if isinstance(o, Job):
         return asdict(o)
@@ -550,7 +534,7 @@ def main(argv: list[str] | None = None) -> dict:
     ref_jobs = sorted((j for j in res if j.kind == "ref" and j.tag != "check"), key=lambda j: j.lo)
     ref = np.concatenate([res[j]["x0"] for j in ref_jobs])
     check_job = next(j for j in res if j.kind == "ref" and j.tag == "check")
-    diff = per_sample_error(res[check_job]["x0"], ref[: args.n_ref_check])
+    diff = S.per_sample_error(res[check_job]["x0"], ref[: args.n_ref_check])
     ref_info = dict(
         method=f"classical RK4 on dx/dσ = v from σ = 1 to 0, steps of at most dt model "
                f"timesteps (equal in σ, geometric below σ = {REF_SIGMA_C:g}, 4 equal steps "
@@ -571,7 +555,7 @@ def main(argv: list[str] | None = None) -> dict:
             r = res[Job("sample", s.name, b, 0, n)]
             row = dict(sampler=s.name, budget=b, steps=r.get("steps"))
             if r.get("steps") is not None:
-                row.update(S.summarise_errors(per_sample_error(r["x0"], ref), idx),
+                row.update(S.summarise_errors(S.per_sample_error(r["x0"], ref), idx),
                            nfe=r["nfe"], wall_s=r["wall"], note=r.get("note", ""))
             rows.append(row)
     rt_rows = sorted((dict(sampler=j.sampler, budget=j.budget, dtype=j.dtype, **r)
@@ -630,21 +614,6 @@ def _quality(clf: Any, x: torch.Tensor) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ reporting
-def _f(v: Any, fmt: str = ".2e") -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "—"
-    if isinstance(v, float) and np.isinf(v):
-        return "diverged"
-    return format(v, fmt)
-
-
-def _cell(r: dict | None, key: str = "median", bold: bool = False) -> str:
-    if r is None or r.get("steps") is None:
-        return "—"
-    v = _f(r[key])
-    return f"{'**' + v + '**' if bold else v} [{_f(r[key + '_lo'])}, {_f(r[key + '_hi'])}]"
-
-
 def stats_table(rows: list[dict], budgets: list[int], key: str = "median") -> str:
     """Samplers × budgets, ``value [95 % interval]``, the best per column in bold."""
     names = list(dict.fromkeys(r["sampler"] for r in rows))
@@ -652,7 +621,7 @@ def stats_table(rows: list[dict], budgets: list[int], key: str = "median") -> st
     best = {b: min((by[(nm, b)][key] for nm in names if by.get((nm, b), {}).get("steps")),
                    default=None) for b in budgets}
     return markdown_table(["sampler", *(f"NFE {b}" for b in budgets)], (
-        [nm, *(_cell(by.get((nm, b)), key, bold=by.get((nm, b), {}).get(key) == best[b])
+        [nm, *(S.stats_cell(by.get((nm, b)), key, bold=by.get((nm, b), {}).get(key) == best[b])
                for b in budgets)] for nm in names))
 
 

@@ -222,9 +222,19 @@ def make_specs(belm_ks: tuple[int, ...] = (3, 4, 5), names: list[str] | None = N
         specs.append(SamplerSpec(f"BELM-{k}", "lm", L.belm(k)))
     if default is not None:
         specs.append(default)
-    specs += [SamplerSpec("DPM-Solver++(2M)", "dpm", order=2),
-              SamplerSpec("DPM-Solver++(3M)", "dpm", order=3),
-              SamplerSpec("UniPC-3 (bh2)", "unipc", order=3)]
+    return select_specs(specs + peer_specs(), names)
+
+
+def peer_specs() -> list[SamplerSpec]:
+    """The diffusers peers every benchmark compares: DPM-Solver++(2M), (3M), UniPC-3 (bh2)."""
+    return [SamplerSpec("DPM-Solver++(2M)", "dpm", order=2),
+            SamplerSpec("DPM-Solver++(3M)", "dpm", order=3),
+            SamplerSpec("UniPC-3 (bh2)", "unipc", order=3)]
+
+
+def select_specs(specs: list[SamplerSpec], names: list[str] | None) -> list[SamplerSpec]:
+    """The ``specs`` named in ``names`` (all when ``None``), in ``specs``' order; an unknown
+    name is a ``ValueError`` listing the known ones."""
     if names is not None:
         unknown = set(names) - {s.name for s in specs}
         if unknown:
@@ -517,6 +527,33 @@ def summarise_errors(err: np.ndarray, idx: np.ndarray) -> dict[str, float]:
     return dict(median=float(np.median(e)), median_lo=med_lo, median_hi=med_hi,
                 rms=rms, rms_lo=rms_lo, rms_hi=rms_hi, n=int(e.size),
                 n_diverged=int((~np.isfinite(err)).sum()))
+
+
+
+def per_sample_error(x0: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """RMS over pixels of each sample (inf where the sample is not finite)."""
+    d = (x0 - ref).reshape(len(x0), -1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = np.sqrt(np.mean(d**2, axis=1))
+    return np.where(np.isfinite(e), e, np.inf)
+
+
+def fmt_value(v: Any, fmt: str = ".2e") -> str:
+    """``format(v, fmt)``, with — for a missing or NaN value and "diverged" for an infinite one."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "—"
+    if isinstance(v, float) and np.isinf(v):
+        return "diverged"
+    return format(v, fmt)
+
+
+def stats_cell(r: dict | None, key: str = "median", bold: bool = False) -> str:
+    """``value [lo, hi]`` of a stats row (— when the budget does not fit the sampler)."""
+    if r is None or r.get("steps") is None:
+        return "—"
+    v = fmt_value(r[key])
+    v = f"**{v}**" if bold else v
+    return f"{v} [{fmt_value(r[key + '_lo'])}, {fmt_value(r[key + '_hi'])}]"
 
 
 # ------------------------------------------------------------------- plotting
