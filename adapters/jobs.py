@@ -920,6 +920,16 @@ def _prepare_out(out: Path, header: dict[str, Any], overwrite: bool,
     return None
 
 
+
+def _claim_out(g: _Group, out: Path, header: dict[str, Any], overwrite: bool,
+               allow_env: bool) -> None:
+    """All ranks: rank 0 prepares ``out`` (:func:`_prepare_out`), every rank raises its
+    refusal as :class:`JobError`, and no rank goes on before the directory is ready."""
+    err = g.broadcast(_prepare_out(out, header, overwrite, allow_env) if g.rank == 0 else None)
+    if err:
+        raise JobError(err)
+    g.barrier()
+
 def _shard_name(b: int) -> str:
     return f"{_SHARDS}/shard-{b:06d}.safetensors"
 
@@ -1107,11 +1117,7 @@ def invert_dataset(cfg: JobConfig) -> JobSummary:
         raise JobError("invert-dataset needs a dataset (--data)")
     with _group(cfg) as g:
         backend, prompts, header = _start(cfg, "invert", data)
-        err = g.broadcast(_prepare_out(out, header, cfg.overwrite, cfg.allow_env_mismatch)
-                          if g.rank == 0 else None)
-        if err:
-            raise JobError(err)
-        g.barrier()
+        _claim_out(g, out, header, cfg.overwrite, cfg.allow_env_mismatch)
         t0 = time.perf_counter()
         common = _common_record(header, backend)
         batches = _batches(len(data), cfg.batch_size)
@@ -1309,11 +1315,7 @@ def reconstruct(job_dir: str | os.PathLike, out: str | os.PathLike, *,
         header = {"identity": {"verb": "reconstruct", "source_job": str(job.root.resolve()),
                                "source_identity": job.header["identity"]},
                   "env": env, "config": {"job": str(job.root)}, "lmsolvers": LMSOLVERS_VERSION}
-        err = g.broadcast(_prepare_out(out, header, overwrite, allow_env_mismatch)
-                          if g.rank == 0 else None)
-        if err:
-            raise JobError(err)
-        g.barrier()
+        _claim_out(g, out, header, overwrite, allow_env_mismatch)
         t0 = time.perf_counter()
         nb = max(job.batches) + 1 if job.batches else 0
         summary = JobSummary("reconstruct", threads=cfg.threads)
@@ -1583,11 +1585,7 @@ def sample_dataset(cfg: JobConfig) -> JobSummary:
         backend, prompts, header = _start(cfg, "sample", None)
         if backend.sample_shape is None:
             raise JobError("the sample shape is unknown: give --shape C,H,W")
-        err = g.broadcast(_prepare_out(out, header, cfg.overwrite, cfg.allow_env_mismatch)
-                          if g.rank == 0 else None)
-        if err:
-            raise JobError(err)
-        g.barrier()
+        _claim_out(g, out, header, cfg.overwrite, cfg.allow_env_mismatch)
         t0 = time.perf_counter()
         common = _common_record(header, backend)
         width = max(6, len(str(cfg.num_samples - 1)))
