@@ -920,7 +920,6 @@ def _prepare_out(out: Path, header: dict[str, Any], overwrite: bool,
     return None
 
 
-
 def _claim_out(g: _Group, out: Path, header: dict[str, Any], overwrite: bool,
                allow_env: bool) -> None:
     """All ranks: rank 0 prepares ``out`` (:func:`_prepare_out`), every rank raises its
@@ -929,6 +928,7 @@ def _claim_out(g: _Group, out: Path, header: dict[str, Any], overwrite: bool,
     if err:
         raise JobError(err)
     g.barrier()
+
 
 def _shard_name(b: int) -> str:
     return f"{_SHARDS}/shard-{b:06d}.safetensors"
