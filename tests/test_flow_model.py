@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,24 +21,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmsolvers as L
-from benchmarks.digits_classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
 from benchmarks.digits_data import load_digits_split
+from tests import test_digits_model as _digits_judge
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "digits_flow"
 
-
-@pytest.fixture(scope="module")
-def offline():
-    old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+# The judge of "are digits" (classifier, confidence, its data-derived threshold) and the
+# offline switch are the DDPM test's, so both models are held to the same one.
+offline = _digits_judge.offline
+classifier = _digits_judge.classifier
+confidence = _digits_judge.confidence
+threshold = _digits_judge.threshold
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +40,6 @@ def ode(offline):
     from benchmarks.flow_bench import FlowODE
 
     return FlowODE(MODEL)
-
-
-@pytest.fixture(scope="module")
-def classifier():
-    return load_classifier(DEFAULT_CLASSIFIER_PATH)
-
-
-@torch.no_grad()
-def confidence(clf, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return clf(x.clamp(-1, 1).float()).softmax(1).max(1)
-
-
-@pytest.fixture(scope="module")
-def threshold(classifier) -> float:
-    x_test, y_test = load_digits_split("test")
-    conf, pred = confidence(classifier, x_test)
-    assert float((pred == y_test).float().mean()) > 0.9  # the judge itself is competent
-    return float(torch.quantile(conf.double(), 0.10))
 
 
 def noise(n: int, seed: int) -> torch.Tensor:
