@@ -118,21 +118,20 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterat
 
 def train_loop(
     unet: torch.nn.Module,
-    ema: torch.nn.Module,
-    opt: torch.optim.Optimizer,
     scheduler,
     args: argparse.Namespace,
     loss_fn: Callable[[int], torch.Tensor],
     *,
     desc: str,
-    n_params: int,
     n_train: int,
     extra_summary: dict | None = None,
     anneal_by_clock: bool = False,
 ) -> dict:
-    """Run the training loop shared by the digits models, then save the EMA model and a summary.
+    """Train ``unet`` with the loop shared by the digits models; save the EMA model and a summary.
 
-    Per step ``k``: learning rate ``lr_at(k', steps, lr, warmup)`` where ``k' = k``, or with
+    Builds the optimiser (:func:`build_optimizer`, peak rate ``args.lr``) and the EMA copy of
+    ``unet`` (before any step, so from the same initial weights), then
+    per step ``k``: learning rate ``lr_at(k', steps, lr, warmup)`` where ``k' = k``, or with
     ``anneal_by_clock`` and a ``--minutes`` budget ``k' = max(k, ⌊steps · elapsed/budget⌋)``
     (so a run stopped by the clock has still annealed); ``loss = loss_fn(k)`` (which draws the
     batch and computes the model-specific loss); backward, gradient-norm clipping to 1, an
@@ -146,6 +145,11 @@ def train_loop(
     ``args`` must carry ``steps, batch_size, lr, warmup, ema_decay, out, minutes, seed,
     threads, log_every`` (the three training scripts' common flags).
     """
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    n_params = sum(p.numel() for p in unet.parameters())
+    print(f"train images: {n_train}; {desc} UNet parameters: {n_params:,}", flush=True)
+    opt = build_optimizer(unet.parameters(), args.lr)
+
     args.out.mkdir(parents=True, exist_ok=True)
     log_file = (args.out / "train_log.csv").open("w", newline="")
     writer = csv.writer(log_file)
@@ -287,11 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = build_scheduler()
     alphas_cumprod = scheduler.alphas_cumprod.to(torch.float32)
     unet = build_unet()
-    ema = copy.deepcopy(unet).requires_grad_(False)
-    n_params = sum(p.numel() for p in unet.parameters())
-    print(f"train images: {n}; UNet parameters: {n_params:,}", flush=True)
 
-    opt = build_optimizer(unet.parameters(), args.lr)
     gen = torch.Generator().manual_seed(args.seed)
 
     batches = epoch_batches(n, args.batch_size, gen)
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         xt = a.sqrt() * x0 + (1.0 - a).sqrt() * eps
         return torch.nn.functional.mse_loss(unet(xt, t).sample, eps)
 
-    train_loop(unet, ema, opt, scheduler, args, loss_fn, desc="ddpm", n_params=n_params, n_train=n)
+    train_loop(unet, scheduler, args, loss_fn, desc="ddpm", n_train=n)
 
 
 if __name__ == "__main__":

@@ -29,14 +29,12 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import copy
 
 import torch
 from diffusers import UNet2DModel
 
 from .digits_data import REPO_ROOT, load_digits_split
 from .train_digits import (
-    build_optimizer,
     build_scheduler,
     build_unet,
     epoch_batches,
@@ -93,11 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = build_scheduler()
     alphas_cumprod = scheduler.alphas_cumprod.to(torch.float32)
     unet = build_cond_unet()
-    ema = copy.deepcopy(unet).requires_grad_(False)
-    n_params = sum(p.numel() for p in unet.parameters())
-    print(f"train images: {n}; conditional UNet parameters: {n_params:,}", flush=True)
 
-    opt = build_optimizer(unet.parameters(), args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     batches = epoch_batches(n, args.batch_size, gen)
     t_max = scheduler.config.num_train_timesteps
@@ -114,13 +108,10 @@ def main(argv: list[str] | None = None) -> None:
 
     train_loop(
         unet,
-        ema,
-        opt,
         scheduler,
         args,
         loss_fn,
         desc="cond-ddpm",
-        n_params=n_params,
         n_train=n,
         extra_summary={"p_uncond": args.p_uncond, "null_class": NULL_CLASS},
         anneal_by_clock=True,

@@ -36,7 +36,6 @@ at step 5666 of 8000 with the learning rate at 1.1e-4 of its 5e-4 peak; train_su
 from __future__ import annotations
 
 import argparse
-import copy
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
@@ -44,7 +43,6 @@ from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from .digits_data import REPO_ROOT, load_digits_split
 from .train_digits import (
-    build_optimizer,
     build_unet,
     epoch_batches,
     seed_run,
@@ -108,11 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = build_flow_scheduler()
     t_scale = float(scheduler.config.num_train_timesteps)
     unet = build_unet()
-    ema = copy.deepcopy(unet).requires_grad_(False)
-    n_params = sum(p.numel() for p in unet.parameters())
-    print(f"train images: {n}; UNet parameters: {n_params:,}", flush=True)
 
-    opt = build_optimizer(unet.parameters(), args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     batches = epoch_batches(n, args.batch_size, gen)
 
@@ -131,13 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     train_loop(
         unet,
-        ema,
-        opt,
         scheduler,
         args,
         loss_fn,
         desc="flow",
-        n_params=n_params,
         n_train=n,
         extra_summary=extra,
     )
