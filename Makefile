@@ -44,7 +44,11 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.digits_bench
 	$(BIN)/python -m benchmarks.flow_bench
 	$(BIN)/python -m benchmarks.overhead
-	$(BIN)/python -m benchmarks.guidance_roundtrip && $(BIN)/python -m benchmarks.editing_bench
+	$(BIN)/python -m benchmarks.guidance_roundtrip
+	$(BIN)/python -m benchmarks.editing_bench
+	$(BIN)/python -m benchmarks.reversal_memory
+	$(BIN)/python -m benchmarks.adapters_roundtrip
+	$(BIN)/python -m benchmarks.jobs_throughput
 
 # Targeted mutation testing (tools/README.md): kill rate and survivors (~15–20 min).
 mutate: $(STAMP)
