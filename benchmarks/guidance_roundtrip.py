@@ -131,14 +131,6 @@ def _step_grid(grid: Grid, i: int) -> Grid:
                 alphas=grid.alphas[i - 1:i + 1])
 
 
-class _GradEps(DiffusersEps):
-    """:class:`DiffusersEps` without its ``no_grad``: the same call and conversion, so the
-    loss of null-text optimisation differentiates the very ε the sampler uses."""
-
-    def model_output(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        return self.call(x, self._timestep_tensor(t))
-
-
 # ------------------------------------------------------------- approximate peers
 @dataclass
 class NullText:
@@ -196,8 +188,9 @@ def nulltext_inversion(m: ClassEmbeddingUNet, scheduler: Any, grid: Grid, x0bar:
     for i in range(grid.N, 0, -1):
         sub = _step_grid(grid, i)
         u = u.detach().clone().requires_grad_(True)
-        ge = _GradEps(m, grid, scheduler, guidance_scale=guidance_scale, prompt_embeds=cond,
-                      negative_prompt_embeds=u)
+        # the very ε the sampler uses, evaluated with autograd's graph
+        ge = DiffusersEps(m, grid, scheduler, guidance_scale=guidance_scale, prompt_embeds=cond,
+                          negative_prompt_embeds=u).differentiable()
         opt = torch.optim.Adam([u], lr=lr)
         target = traj[i - 1].float()
         xf = x.float()
