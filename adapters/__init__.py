@@ -14,72 +14,80 @@
   :func:`decode_latents` (:mod:`lmsolvers.adapters.editing`);
 * :class:`ClassEmbeddingUNet`, :func:`class_guided_eps`, :func:`class_sampler`
   (:mod:`lmsolvers.adapters.guidance`: classifier-free guidance of class-conditional UNets);
+* :func:`~lmsolvers.adapters.kdiffusion.sample_exact`, :func:`sample_obelm`, … and their
+  ``invert_*`` twins, :class:`DiffusersDenoiser`, :func:`get_sigmas_designed`: the exact
+  samplers in k-diffusion's / ComfyUI's calling convention
+  (:mod:`lmsolvers.adapters.kdiffusion`; needs no diffusers unless a diffusers model is wrapped);
 * the dataset jobs behind ``lmsolvers invert-dataset | reconstruct | verify |
   sample-dataset`` (:mod:`lmsolvers.adapters.jobs`, imported on use: docs/jobs.md).
 
-The core never imports this package.
+The core never imports this package.  Names are loaded on first use (PEP 562), so
+``import lmsolvers.adapters`` — and the k-diffusion functions, which need no diffusers — do
+not pay for importing diffusers until a name that needs it is used.
 """
 
-from .diffusers import (
-    PREDICTION_TYPES,
-    DiffusersEps,
-    DiffusionSampler,
-    alphas_cumprod_from_config,
-    grid_from_scheduler,
-    to_epsilon,
-    top_prediction,
-)
-from .editing import (
-    EditResult,
-    decode_latents,
-    edit_image,
-    edit_latents,
-    encode_image,
-    frozen_threshold,
-    interpolate,
-    slerp_latents,
-)
-from .guidance import ClassEmbeddingUNet, class_guided_eps, class_sampler
-from .scheduler import (
-    BELMInverseScheduler,
-    BELMScheduler,
-    BELMSchedulerOutput,
-    InvertedLatentWarning,
-    LatentHandoff,
-)
-from .schedules import Schedule, is_flow_config, schedule_from_scheduler, top_timestep
-from .transformers import CONDITIONING_KWARGS, flux_mu, model_family, sd3_mu
+from __future__ import annotations
 
-__all__ = [
-    "PREDICTION_TYPES",
-    "DiffusersEps",
-    "DiffusionSampler",
-    "alphas_cumprod_from_config",
-    "grid_from_scheduler",
-    "to_epsilon",
-    "top_prediction",
-    "CONDITIONING_KWARGS",
-    "model_family",
-    "flux_mu",
-    "sd3_mu",
-    "BELMScheduler",
-    "BELMInverseScheduler",
-    "BELMSchedulerOutput",
-    "InvertedLatentWarning",
-    "LatentHandoff",
-    "Schedule",
-    "schedule_from_scheduler",
-    "top_timestep",
-    "is_flow_config",
-    "EditResult",
-    "encode_image",
-    "decode_latents",
-    "edit_latents",
-    "edit_image",
-    "frozen_threshold",
-    "slerp_latents",
-    "interpolate",
-    "ClassEmbeddingUNet",
-    "class_guided_eps",
-    "class_sampler",
-]
+import importlib
+from typing import Any
+
+#: public name -> submodule that defines it (one table; ``__all__`` is its keys)
+_EXPORTS: dict[str, str] = {
+    "PREDICTION_TYPES": "diffusers",
+    "DiffusersEps": "diffusers",
+    "DiffusionSampler": "diffusers",
+    "alphas_cumprod_from_config": "diffusers",
+    "grid_from_scheduler": "diffusers",
+    "to_epsilon": "diffusers",
+    "top_prediction": "diffusers",
+    "CONDITIONING_KWARGS": "transformers",
+    "model_family": "transformers",
+    "flux_mu": "transformers",
+    "sd3_mu": "transformers",
+    "BELMScheduler": "scheduler",
+    "BELMInverseScheduler": "scheduler",
+    "BELMSchedulerOutput": "scheduler",
+    "InvertedLatentWarning": "scheduler",
+    "LatentHandoff": "scheduler",
+    "Schedule": "schedules",
+    "schedule_from_scheduler": "schedules",
+    "top_timestep": "schedules",
+    "is_flow_config": "schedules",
+    "EditResult": "editing",
+    "encode_image": "editing",
+    "decode_latents": "editing",
+    "edit_latents": "editing",
+    "edit_image": "editing",
+    "frozen_threshold": "editing",
+    "slerp_latents": "editing",
+    "interpolate": "editing",
+    "ClassEmbeddingUNet": "guidance",
+    "class_guided_eps": "guidance",
+    "class_sampler": "guidance",
+    "DiffusersDenoiser": "kdiffusion",
+    "get_sigmas_designed": "kdiffusion",
+    "sample_exact": "kdiffusion",
+    "invert_exact": "kdiffusion",
+    "sample_obelm": "kdiffusion",
+    "invert_obelm": "kdiffusion",
+    "sample_bdia": "kdiffusion",
+    "invert_bdia": "kdiffusion",
+    "sample_edict": "kdiffusion",
+    "invert_edict": "kdiffusion",
+    "sample_belm": "kdiffusion",
+    "invert_belm": "kdiffusion",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lmsolvers.adapters' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # cache: later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

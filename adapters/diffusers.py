@@ -72,6 +72,7 @@ __all__ = [
     "resolve_state_dtype",
     "check_num_inference_steps",
     "default_method",
+    "default_design",
 ]
 
 
@@ -79,6 +80,17 @@ def default_method() -> Any:
     """The default exact configuration's method: O-BELM with its landing on σ̄ = 0 damped by
     0.1 (:func:`lmsolvers.families.obelm_landing`), run on the designed grid."""
     return obelm_landing(0.1)
+
+
+def default_design(n: int, alphas_cumprod: Sequence[float] | np.ndarray,
+                   final_alpha_cumprod: float = 1.0, method: Any = None) -> GridDesign:
+    """The default exact configuration on a DDPM-family ᾱ table: ``method`` (``None``:
+    :func:`default_method`) on its designed grid of ``n`` steps
+    (:func:`lmsolvers.griddesign.design_schedule_grid`).  The one place
+    :class:`DiffusionSampler` and the k-diffusion functions
+    (:func:`lmsolvers.adapters.kdiffusion.get_sigmas_designed`) take it from."""
+    m = default_method() if method is None else method_from_name(method)
+    return design_schedule_grid(m, n, alphas_cumprod, final_alpha_cumprod=final_alpha_cumprod)
 
 
 #: The model parameterisations the adapter converts to ε.
@@ -600,8 +612,7 @@ class DiffusionSampler:
                     timesteps is not None:
                 raise ValueError("grid='designed' places its own nodes: it takes no "
                                  "timesteps/sigmas/denoising_start/denoising_end")
-            self.design = design_schedule_grid(
-                self.method, n, ac, final_alpha_cumprod=_final_alpha_cumprod(cfg, ac))
+            self.design = default_design(n, ac, _final_alpha_cumprod(cfg, ac), self.method)
             self._fixed = Schedule(self.design.grid, None)
         else:
             raise ValueError(f"grid must be None, 'designed', 'scheduler' or an lmsolvers Grid, "

@@ -78,8 +78,10 @@ from .schedules import (
     _summarise,
     alphas_cumprod_from_config,
     check_num_inference_steps,
+    flow_time_shift,
     is_flow_config,
     schedule_from_scheduler,
+    stretch_shift_to_terminal,
 )
 
 __all__ = [
@@ -289,6 +291,7 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
         bdia_gamma: float = 1.0,
         state_dtype: str = "float64",
     ) -> None:
+        self._shift = float(shift)  # before the flow probe below reads .shift
         if flow:
             if prediction_type == "epsilon":  # the default: a flow config has no such key
                 self.register_to_config(prediction_type="flow")
@@ -312,7 +315,8 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
                 ClippingIgnoredWarning, stacklevel=3)
         if flow:
             # validates the flow options (invert_sigmas, stochastic_sampling, …) at once
-            schedule_from_scheduler(self, 2, mu=0.0 if use_dynamic_shifting else None)
+            # probe with μ = 1: μ = 0 makes the 'linear' shift 0/0 at σ = 1 (CogView4's config)
+            schedule_from_scheduler(self, 2, mu=1.0 if use_dynamic_shifting else None)
             self._ac64 = None
             self.betas = self.alphas = self.alphas_cumprod = self.final_alpha_cumprod = None
         else:
@@ -390,8 +394,47 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
 
     @property
     def shift(self) -> float:
-        """The static shift of a flow config (as ``FlowMatchEulerDiscreteScheduler``)."""
-        return float(self.config.shift)
+        """The static shift of a flow config (as ``FlowMatchEulerDiscreteScheduler``:
+        the config's, until :meth:`set_shift`)."""
+        return self._shift
+
+    def _flow_only(self, what: str) -> None:
+        if not self.is_flow:
+            raise AttributeError(f"{what} belongs to flow-matching configs "
+                                 "(FlowMatchEulerDiscreteScheduler); this is a DDPM-family config")
+
+    def set_shift(self, shift: float) -> None:
+        """Use the static ``shift`` from the next ``set_timesteps`` on (flow configs; as
+        ``FlowMatchEulerDiscreteScheduler.set_shift``, the config keeps its value)."""
+        self._flow_only("set_shift")
+        self._shift = float(shift)
+
+    def time_shift(self, mu: float, sigma: float, t: Any) -> Any:
+        """The dynamic shift of ``t`` by the config's ``time_shift_type`` (flow configs;
+        :func:`~lmsolvers.adapters.schedules.flow_time_shift`)."""
+        self._flow_only("time_shift")
+        return flow_time_shift(self.config.time_shift_type, mu, sigma, t)
+
+    def stretch_shift_to_terminal(self, t: Any) -> Any:
+        """``t`` stretched to end at the config's ``shift_terminal`` (flow configs;
+        :func:`~lmsolvers.adapters.schedules.stretch_shift_to_terminal`)."""
+        self._flow_only("stretch_shift_to_terminal")
+        return stretch_shift_to_terminal(t, self.config.shift_terminal)
+
+    def index_for_timestep(self, timestep: Any, schedule_timesteps: Any = None) -> int:
+        """The index of ``timestep`` in ``schedule_timesteps`` (default ``timesteps``), as
+        diffusers' schedulers give it (the second match if it occurs twice)."""
+        if schedule_timesteps is None:
+            if self.timesteps is None:
+                raise RuntimeError("call set_timesteps before index_for_timestep")
+            schedule_timesteps = self.timesteps
+        sched = torch.as_tensor(schedule_timesteps)
+        t = torch.as_tensor(timestep).to(sched.device)
+        indices = (sched == t).nonzero()
+        if len(indices) == 0:
+            raise ValueError(f"timestep {float(t):g} is not in the schedule "
+                             f"{_summarise(sched)}")
+        return int(indices[1 if len(indices) > 1 else 0].item())
 
     @property
     def step_index(self) -> int | None:
@@ -668,7 +711,10 @@ class BELMScheduler(_LMSchedulerBase):
         values = [float(v) for v in g.timesteps[1:][::-1]]
         if sch.top_timestep is not None:
             nodes, values = [g.N + 1] + nodes, [sch.top_timestep] + values
+        if sch.final_zero_step:  # t = 0 onto ᾱ_0: the pipeline takes it, as with DDIM
+            nodes, values = nodes + [0], values + [float(g.timesteps[0])]
         self._set_timestep_table(values, nodes, device)
+        self.num_inference_steps = len(values)
 
     # ------------------------------------------------------------------ latents
     @property
@@ -862,6 +908,9 @@ class BELMScheduler(_LMSchedulerBase):
             return self._finish(i, prev, x0, return_dict)
         eps_m = self._node_eps(model_output, sample, m, dtype)
         w.set_eps(m, eps_m)
+        if m == 0:  # the zero step of a list ending at t = 0 onto ᾱ_0: the state stays
+            return self._finish(i, sample.clone(), self._x0_pred(0, eps_m, sample),
+                                return_dict)
         r = m - 1
         if r in w:  # given by a loaded latent
             xr = w[r]

@@ -49,6 +49,8 @@ __all__ = [
     "top_timestep",
     "is_flow_config",
     "check_num_inference_steps",
+    "flow_time_shift",
+    "stretch_shift_to_terminal",
 ]
 
 
@@ -70,6 +72,9 @@ class Schedule:
     top_timestep: float | None = None
     flow: bool = False
     top_sigma: float | None = None
+    #: the timestep list ends at t = 0 onto ᾱ_0 (``set_alpha_to_one=False``): a zero step
+    #: the grid omits, which a pipeline still takes (diffusers runs it as a no-op)
+    final_zero_step: bool = False
 
     @property
     def num_model_calls(self) -> int:
@@ -218,6 +223,26 @@ def is_flow_config(scheduler: Any) -> bool:
     return not has_beta and any(k in cfg for k in _FLOW_KEYS)
 
 
+def flow_time_shift(time_shift_type: str, mu: float, sigma: float, t: Any) -> Any:
+    """FlowMatchEulerDiscreteScheduler's dynamic shift of sigmas ``t``: ``'exponential'``
+    ``e^μ/(e^μ + (1/t − 1)^σ)``, ``'linear'`` ``μ/(μ + (1/t − 1)^σ)``."""
+    if time_shift_type == "exponential":
+        e = math.exp(mu)
+    elif time_shift_type == "linear":
+        e = mu
+    else:
+        raise ValueError(f"time_shift_type must be 'exponential' or 'linear', got "
+                         f"{time_shift_type!r}")
+    return e / (e + (1 / t - 1) ** sigma)
+
+
+def stretch_shift_to_terminal(t: Any, shift_terminal: float) -> Any:
+    """FlowMatchEulerDiscreteScheduler's ``shift_terminal`` stretch: the sigmas ``t``
+    rescaled in ``1 − t`` so that the last one is ``shift_terminal``."""
+    one_minus = 1 - t
+    return 1 - one_minus / (one_minus[-1] / (1 - shift_terminal))
+
+
 def _flow_sigma_range(cfg: Mapping[str, Any], shift: float) -> tuple[float, float]:
     """``(σ_max, σ_min)`` a FlowMatchEulerDiscreteScheduler takes from its training table:
     ``σ = t/T`` for t = T … 1 in float32, shifted by ``shift σ/(1 + (shift − 1) σ)``
@@ -272,24 +297,21 @@ def _flow_sigmas(scheduler: Any, cfg: Mapping[str, Any], n: int | None,
     ts = None if timesteps is None else _monotone("timesteps", timesteps).astype(np.float32)
     if sigmas is None:
         if ts is None:
-            s_max, s_min = _flow_sigma_range(cfg, shift)
+            # the range comes from the constructor's shift (sigma_max/sigma_min), the shift
+            # applied below is the current one (set_shift), as in diffusers
+            s_max, s_min = _flow_sigma_range(cfg, float(cfg.get("shift", 1.0)))
             s = np.linspace(s_max * T, s_min * T, n) / T
         else:
             s = ts / T
     else:
         s = _monotone("sigmas", sigmas).astype(np.float32)
     if dynamic:
-        e = math.exp(mu) if cfg.get("time_shift_type", "exponential") == "exponential" else mu
-        if cfg.get("time_shift_type", "exponential") not in ("exponential", "linear"):
-            raise ValueError(f"time_shift_type must be 'exponential' or 'linear', got "
-                             f"{cfg.get('time_shift_type')!r}")
-        s = e / (e + (1 / s - 1) ** 1.0)
+        s = flow_time_shift(cfg.get("time_shift_type", "exponential"), mu, 1.0, s)
     else:
         s = shift * s / (1 + (shift - 1) * s)
     st = cfg.get("shift_terminal", None)
     if st:
-        one_minus = 1 - s
-        s = 1 - one_minus / (one_minus[-1] / (1 - st))
+        s = stretch_shift_to_terminal(s, st)
     kinds = [k for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
              if cfg.get(k, False)]
     if len(kinds) > 1:
@@ -427,7 +449,8 @@ def _vp_schedule(scheduler: Any, cfg: Mapping[str, Any], n: int | None, timestep
             raise ValueError(f"timesteps {_summarise(ts)} fall outside [0, {T - 1}] "
                              f"(steps_offset {cfg.get('steps_offset')} too large for {n} "
                              "steps?)")
-    if ts.min() == 0 and final == ac[0]:
+    zero_step = bool(ts.min() == 0 and final == ac[0])
+    if zero_step:
         # e.g. 'linspace' ends at t = 0 and set_alpha_to_one=False targets ᾱ_0 again:
         # diffusers' last step is then a zero step (a no-op); the grid omits it, so it
         # has num_inference_steps − 1 steps and node 0 is t = 0 itself.
@@ -445,7 +468,7 @@ def _vp_schedule(scheduler: Any, cfg: Mapping[str, Any], n: int | None, timestep
     # ᾱ = 0 can only be the last entry (zero terminal SNR), and no node indexes it now
     table = ac if ac[-1] > 0 else ac[:-1]
     grid = Grid.from_alphas_cumprod(table, ts, final_alpha_cumprod=final, final_timestep=0.0)
-    return Schedule(grid, top)
+    return Schedule(grid, top, final_zero_step=zero_step)
 
 
 def schedule_from_scheduler(scheduler: Any, num_inference_steps: int | None = None, *,

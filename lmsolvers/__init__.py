@@ -54,6 +54,10 @@ _EXPORTS: dict[str, str] = {
     "RepresentationError": "bitexact",
     "FixedPointOverflowError": "bitexact",
     "NondeterminismError": "bitexact",
+    "pack_latent": "packing",
+    "unpack_latent": "packing",
+    "is_packed_latent": "packing",
+    "PackedLatentError": "packing",
 }
 #: public submodules
 _MODULES = ("problems",)

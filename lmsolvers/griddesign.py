@@ -67,7 +67,6 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 import torch
-from scipy.optimize import minimize
 
 from .grid import Grid
 from .method import S0, LMMethod, step_symbols
@@ -261,6 +260,10 @@ def _continuous(obj: _Objective, s_init: np.ndarray, base: float) -> np.ndarray:
     the model), geometric growth or shrinking within a knot interval.  Penalty
     continuation (weights 30, then 1000), warm-started.
     """
+    # scipy.optimize costs ~0.4 s to import: only a design pays it, not every import of
+    # the adapters (lmsolvers.adapters imports this module for the default configuration)
+    from scipy.optimize import minimize
+
     n = s_init.size - 1
     span = obj.sigma_max - base
     i = np.arange(1, n + 1, dtype=np.float64)
