@@ -478,3 +478,36 @@ def test_bad_sigmas_are_clear_errors(ddpm):
                           ([[3.0, 0.0]], "1-D"), ([3.0, float("nan"), 0.0], "finite")):
         with pytest.raises(ValueError, match=match):
             K.sample_obelm(den, x, sigmas, disable=True)
+
+
+# ----------------------------------------------- the benchmark's k-diffusion peers
+def test_benchmark_peers_follow_k_diffusions_formulas(ddpm):
+    """benchmarks/kdiffusion_bench.py writes k-diffusion's sample_euler and sample_dpmpp_2m
+    from sampling.py; checked against independent implementations of the same methods:
+    Euler is DDIM (explicit Euler in σ̄), DPM-Solver++(2M) is diffusers'
+    DPMSolverMultistepScheduler (data prediction, order 2, first order onto σ = 0)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from benchmarks.kdiffusion_bench import sample_dpmpp_2m, sample_euler
+
+    unet, sched = ddpm
+    den = K.DiffusersDenoiser(unet, sched)
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(7),
+                      dtype=torch.float64)
+    sigmas = den.get_sigmas(12)
+    torch.testing.assert_close(sample_euler(den, x_T * float(sigmas[0]), sigmas),
+                               K.sample(den, x_T * float(sigmas[0]), sigmas, "ddim",
+                                        disable=True), rtol=1e-12, atol=1e-12)
+    cfg = {k: v for k, v in dict(sched.config).items() if not k.startswith("_")}
+    cfg.update(algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero",
+               lower_order_final=True, timestep_spacing="trailing")
+    dpm = DPMSolverMultistepScheduler.from_config(cfg)
+    dpm.set_timesteps(8)
+    x = x_T
+    for t in dpm.timesteps:
+        with torch.no_grad():
+            e = unet(x.float(), t).sample.double()
+        x = dpm.step(e, t, x).prev_sample
+    s = dpm.sigmas.double()
+    ours = sample_dpmpp_2m(den, x_T * (1 + float(s[0]) ** 2) ** 0.5, s)
+    assert _rel(ours, x.double()) < 1e-4
