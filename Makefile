@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.reversal_memory
 	$(BIN)/python -m benchmarks.adapters_roundtrip
 	$(BIN)/python -m benchmarks.jobs_throughput
+	$(BIN)/python -m benchmarks.kdiffusion_bench
 
 # Targeted mutation testing (tools/README.md): kill rate and survivors (~15–20 min).
 mutate: $(STAMP)

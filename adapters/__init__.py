@@ -14,10 +14,9 @@
   :func:`decode_latents` (:mod:`lmsolvers.adapters.editing`);
 * :class:`ClassEmbeddingUNet`, :func:`class_guided_eps`, :func:`class_sampler`
   (:mod:`lmsolvers.adapters.guidance`: classifier-free guidance of class-conditional UNets);
-* :func:`~lmsolvers.adapters.kdiffusion.sample_exact`, :func:`sample_obelm`, … and their
-  ``invert_*`` twins, :class:`DiffusersDenoiser`, :func:`get_sigmas_designed`: the exact
-  samplers in k-diffusion's / ComfyUI's calling convention
-  (:mod:`lmsolvers.adapters.kdiffusion`; needs no diffusers unless a diffusers model is wrapped);
+* the exact samplers in k-diffusion's / ComfyUI's calling convention, ``sample_exact``,
+  ``sample_obelm``, … and their ``invert_*`` twins (:mod:`lmsolvers.adapters.kdiffusion`,
+  imported on use; it needs no diffusers unless a diffusers model is wrapped);
 * the dataset jobs behind ``lmsolvers invert-dataset | reconstruct | verify |
   sample-dataset`` (:mod:`lmsolvers.adapters.jobs`, imported on use: docs/jobs.md).
 
@@ -64,18 +63,6 @@ _EXPORTS: dict[str, str] = {
     "ClassEmbeddingUNet": "guidance",
     "class_guided_eps": "guidance",
     "class_sampler": "guidance",
-    "DiffusersDenoiser": "kdiffusion",
-    "get_sigmas_designed": "kdiffusion",
-    "sample_exact": "kdiffusion",
-    "invert_exact": "kdiffusion",
-    "sample_obelm": "kdiffusion",
-    "invert_obelm": "kdiffusion",
-    "sample_bdia": "kdiffusion",
-    "invert_bdia": "kdiffusion",
-    "sample_edict": "kdiffusion",
-    "invert_edict": "kdiffusion",
-    "sample_belm": "kdiffusion",
-    "invert_belm": "kdiffusion",
 }
 
 __all__ = list(_EXPORTS)
