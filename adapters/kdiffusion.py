@@ -79,6 +79,7 @@ from .schedules import (
     is_flow_config,
     schedule_from_scheduler,
 )
+from .transformers import model_family
 
 __all__ = [
     "MODEL_SAMPLINGS",
@@ -553,7 +554,7 @@ class _DiffusersAdapter:
             full = den.eps_on(None, self.conditioning)
             t, a = zip(*(full.node_params(float(s))[:2] for s in nodes.sigma), strict=True)
             grid = Grid(nodes.sigma, timesteps=np.array(t), alphas=np.array(a))
-            return _NativeEps(full, grid, None), grid
+            return _NativeEps(full, grid), grid
         base = _const_grid(nodes.sigma)
         T = float(den.num_train_timesteps)
         t = (nodes.sigma.astype(np.float32) * np.float32(T)).astype(np.float64)
@@ -561,13 +562,13 @@ class _DiffusersAdapter:
         top_t = None if nodes.top_sigma is None else float(np.float32(nodes.top_sigma) *
                                                            np.float32(T))
         eps = den.eps_on(grid, self.conditioning, top_t)
-        return _NativeEps(eps, grid, top_t), grid
+        return _NativeEps(eps, grid), grid
 
 
 class _NativeEps:
     """A :class:`~lmsolvers.adapters.DiffusersEps` with :class:`DenoiserEps`'s interface."""
 
-    def __init__(self, eps: DiffusersEps, grid: Grid, top_timestep: float | None) -> None:
+    def __init__(self, eps: DiffusersEps, grid: Grid) -> None:
         self.eps, self.grid = eps, grid
         self.model_sampling = "const" if eps.flow else "eps"
 
@@ -631,7 +632,8 @@ class DiffusersDenoiser:
                                                    final_alpha_cumprod=1.0)
             #: σ̄ of every training timestep, ascending (k-diffusion's ``sigmas`` buffer)
             self.sigmas = torch.from_numpy(self._table.sigma_bar[1:].copy())
-        self.eps_on(None, {})  # bad conditioning fails here, not mid-run
+        if conditioning or model_family(unet) == "unet":  # as DiffusionSampler: bad
+            self.eps_on(None, {})  # conditioning fails here, not mid-run
 
     @property
     def sigma_min(self) -> float:
