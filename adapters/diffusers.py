@@ -42,11 +42,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmsolvers.families import obelm_landing
+from lmsolvers.defaultconfig import WARP, default_warp
+from lmsolvers.defaultconfig import default_method as _default_method
+from lmsolvers.exponential import ExponentialLMMethod
 from lmsolvers.grid import Grid, vp_alpha
 from lmsolvers.griddesign import GridDesign, design_schedule_grid
 from lmsolvers.integrate import invert, sample
 from lmsolvers.latent import Latent
+from lmsolvers.loggrid import log_nodes, log_schedule_grid
 from lmsolvers.registry import method_from_name
 
 from .schedules import (
@@ -73,24 +76,56 @@ __all__ = [
     "check_num_inference_steps",
     "default_method",
     "default_design",
+    "designed_flow_schedule",
 ]
 
 
-def default_method() -> Any:
-    """The default exact configuration's method: O-BELM with its landing on σ̄ = 0 damped by
-    0.1 (:func:`lmsolvers.families.obelm_landing`), run on the designed grid."""
-    return obelm_landing(0.1)
+def default_method(n: int) -> Any:
+    """The default exact configuration's method for ``n`` steps: the designed exponential
+    BELM of :func:`lmsolvers.defaultconfig.default_method` (``ebelm3`` for few steps,
+    ``ebelm5`` from :data:`~lmsolvers.defaultconfig.SWITCH_STEPS`; docs/design.md §12)."""
+    return _default_method(n)
+
+
+def _warp_for(method: Any, n: int) -> float:
+    """The λ-warp of ``method``'s designed grid: the default's for the default method, the
+    default's warp of its k for another exponential BELM, log-uniform otherwise."""
+    if n >= 2 and method is _default_method(n):
+        return default_warp(n)
+    return WARP.get(method.k, 1.0)
 
 
 def default_design(n: int, alphas_cumprod: Sequence[float] | np.ndarray,
                    final_alpha_cumprod: float = 1.0, method: Any = None) -> GridDesign:
     """The default exact configuration on a DDPM-family ᾱ table: ``method`` (``None``:
-    :func:`default_method`) on its designed grid of ``n`` steps
-    (:func:`lmsolvers.griddesign.design_schedule_grid`).  The one place
+    :func:`default_method`) on its designed grid of ``n`` steps — for an exponential method
+    the λ-warped grid snapped to the table's timesteps
+    (:func:`lmsolvers.loggrid.log_schedule_grid`), for a two-step σ̄-form method the grid of
+    :func:`lmsolvers.griddesign.design_schedule_grid`.  The one place
     :class:`DiffusionSampler` and the k-diffusion functions
     (:func:`lmsolvers.adapters.kdiffusion.get_sigmas_designed`) take it from."""
-    m = default_method() if method is None else method_from_name(method)
+    m = default_method(n) if method is None else method_from_name(method)
+    if isinstance(m, ExponentialLMMethod):
+        return log_schedule_grid(m, n, alphas_cumprod, final_alpha_cumprod=final_alpha_cumprod,
+                                 warp=_warp_for(m, n))
     return design_schedule_grid(m, n, alphas_cumprod, final_alpha_cumprod=final_alpha_cumprod)
+
+
+def designed_flow_schedule(stock: Schedule, method: Any, n: int) -> Schedule:
+    """The default configuration's schedule on a flow config: the stock schedule's α = 0 top
+    node, least noisy node and noisiest finite node, with the finite nodes between placed on
+    ``method``'s λ-warped grid (:func:`lmsolvers.loggrid.log_nodes`) — the same count, so a
+    run makes the stock pipeline's number of model calls; timesteps ``σ·T`` in float32 as
+    the stock scheduler's."""
+    g = stock.grid
+    if not stock.flow or g.N < 2 or g.sigma_bar[0] != 0.0:
+        return stock
+    T = float(g.timesteps[-1] / (1.0 - g.alphas[-1]))  # σ·T at the noisiest finite node
+    sb = np.concatenate([[0.0], log_nodes(g.N, float(g.sigma_bar[-1]), float(g.sigma_bar[1]),
+                                          _warp_for(method_from_name(method), n))])
+    sig = sb / (1.0 + sb)
+    t = (sig * T).astype(np.float32).astype(np.float64)
+    return dataclasses.replace(stock, grid=Grid(sb, timesteps=t, alphas=1.0 - sig))
 
 
 #: The model parameterisations the adapter converts to ε.
@@ -580,14 +615,16 @@ class DiffusionSampler:
         ac = None if self.flow else alphas_cumprod_from_config(scheduler)
         top_zero = ac is not None and ac[-1] == 0.0
         if grid is None:
-            explicit = method is not None or self.flow or top_zero or sigmas is not None \
+            explicit = method is not None or top_zero or sigmas is not None \
                 or timesteps is not None or denoising_start is not None \
                 or denoising_end is not None
             grid = "scheduler" if explicit else "designed"
         if method is None:
-            method = default_method() if grid == "designed" else "obelm"
+            method = default_method(self._steps(scheduler, n)) if grid == "designed" \
+                else "obelm"
         self.method = method_from_name(method)
         self.design: GridDesign | None = None
+        self._design_flow = False
         self._sched_args = dict(num_inference_steps=n, timesteps=timesteps, sigmas=sigmas)
         self._cut = (denoising_start, denoising_end)
         self._mu = None if mu is None else float(mu)
@@ -603,17 +640,23 @@ class DiffusionSampler:
             if not self._lazy_mu:
                 self._fixed = self._schedule(self._mu)
         elif grid == "designed":
-            if self.flow or top_zero:
+            if top_zero:
                 raise ValueError(
-                    "grid='designed' needs a DDPM-family ᾱ table with a finite top node; this "
-                    f"{'flow' if self.flow else 'zero-terminal-SNR'} config runs on the "
-                    "scheduler's own grid (grid='scheduler')")
+                    "grid='designed' needs a DDPM-family ᾱ table with a finite top node or a "
+                    "flow config; this zero-terminal-SNR config runs on the scheduler's own "
+                    "grid (grid='scheduler')")
             if any(d is not None for d in self._cut) or sigmas is not None or \
                     timesteps is not None:
                 raise ValueError("grid='designed' places its own nodes: it takes no "
                                  "timesteps/sigmas/denoising_start/denoising_end")
-            self.design = default_design(n, ac, _final_alpha_cumprod(cfg, ac), self.method)
-            self._fixed = Schedule(self.design.grid, None)
+            if self.flow:  # the stock nodes' range, λ-warped inside (per mu if dynamic)
+                self._design_flow = True
+                if not self._lazy_mu:
+                    self._fixed = self._schedule(self._mu)
+            else:
+                self.design = default_design(n, ac, _final_alpha_cumprod(cfg, ac),
+                                             self.method)
+                self._fixed = Schedule(self.design.grid, None)
         else:
             raise ValueError(f"grid must be None, 'designed', 'scheduler' or an lmsolvers Grid, "
                              f"got {grid!r}")
@@ -645,11 +688,21 @@ class DiffusionSampler:
 
     def _schedule(self, mu: float | None) -> Schedule:
         sch = schedule_from_scheduler(self.scheduler, **self._sched_args, mu=mu)
+        if self._design_flow:
+            return designed_flow_schedule(sch, self.method, sch.grid.N)
         start, end = self._cut
         if start is not None or end is not None:
             T = int(_config_of(self.scheduler).get("num_train_timesteps", 1000))
             sch = _cut(sch, T, start, end)
         return sch
+
+    @staticmethod
+    def _steps(scheduler: Any, n: int | None) -> int:
+        """Steps of the default configuration: n (a flow schedule: its n − 1 finite steps
+        below the α = 0 entry node)."""
+        if n is None:
+            raise ValueError("the default configuration needs num_inference_steps")
+        return n - 1 if is_flow_config(scheduler) else n
 
     def mu_for(self, x: torch.Tensor) -> float | None:
         """The pipeline's ``mu`` for latents ``x`` (``None`` unless the config shifts

@@ -683,10 +683,11 @@ class BELMScheduler(_LMSchedulerBase):
 
         ``x̄_{m−1} = Σ_j a_{m,j} x̄_{m−1+j} + Σ_j b_{m,j} h_{m−1+j} ε̄_{m−1+j}``
 
-    (the first k − 1 steps of a run use the DDIM starter ``x̄_{m−1} = x̄_m − h_m ε̄_m``
-    from the node the run enters at) and returns ``x_{m−1} = α_{m−1} x̄_{m−1}`` in the
-    dtype of ``sample``.  At an α = 0 top node the step is the entry step
-    ``x̄_N = x̂_0 + σ̄_N ε̂``.  A run that starts at the top from the last output of a
+    (the first k − 1 steps of a run use the method's starter from the node the run enters
+    at: DDIM, ``x̄_{m−1} = x̄_m − h_m ε̄_m``, or for exponential methods the exponential
+    Adams–Bashforth steps of orders 1, 2, all at grid nodes) and returns
+    ``x_{m−1} = α_{m−1} x̄_{m−1}`` in the dtype of ``sample``.  At an α = 0 top node the step
+    is the entry step ``x̄_N = x̂_0 + σ̄_N ε̂``.  A run that starts at the top from the last output of a
     :class:`BELMInverseScheduler` (found by content in :attr:`handoff`) resumes its full
     latent; see the module docstring.
     """
@@ -846,7 +847,7 @@ class BELMScheduler(_LMSchedulerBase):
                 "Keep the inverse scheduler's .latent and pass "
                 "latents=scheduler.load_latent(latent)", InvertedLatentWarning,
                 stacklevel=4)
-        if k > 1 and self._method.starter != "ddim":
+        if k > 1 and self._method.starter == "rk4":
             raise ValueError(
                 f"method {self._method.name!r} starts with an RK4 starter, which needs "
                 "evaluations between grid nodes; a pipeline gives one per node. Sample it "
@@ -915,7 +916,7 @@ class BELMScheduler(_LMSchedulerBase):
         if r in w:  # given by a loaded latent
             xr = w[r]
         elif m > self._entry - k + 1:  # starter from the node the run entered at
-            xr = euler_step(w[m], float(g.sigma_bar[r]) - float(g.sigma_bar[m]), eps_m)
+            xr = self._method.starter_state(w, m, r)
         else:
             xr = lm_step(self._coeffs, r, w)
         x0 = self._x0_pred(m, eps_m, sample)

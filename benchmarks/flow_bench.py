@@ -68,11 +68,12 @@ from diffusers import (
     UNet2DModel,
     UniPCMultistepScheduler,
 )
-from lmsolvers.adapters.diffusers import DiffusionSampler, default_method, to_epsilon
+from lmsolvers.adapters.diffusers import DiffusionSampler, to_epsilon
 from lmsolvers.adapters.schedules import Schedule, schedule_from_scheduler
 
 import lmsolvers as L
 from lmsolvers.engine import CountingEps
+from lmsolvers.families import obelm_landing
 
 from . import samplers as S
 from .check_digits_model import confidence_report
@@ -184,7 +185,7 @@ def make_specs(names: list[str] | None = None) -> list[S.SamplerSpec]:
     # the designs cost seconds of sympy each: only those asked for
     ks = tuple(k for k in (3, 4, 5) if names is None or f"BELM-{k}" in names)
     specs += [S.SamplerSpec(f"BELM-{k}", "lm", L.belm(k)) for k in S.available_belm_ks(ks)]
-    specs.append(S.SamplerSpec("O-BELM landing (default)", "lm", default_method()))
+    specs.append(S.SamplerSpec("O-BELM landing(0.1)", "lm", obelm_landing(0.1)))
     return S.select_specs(specs + S.peer_specs(), names)
 
 
@@ -474,7 +475,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.n_ref_check, args.ref_chunk, args.n_rt, args.n_check = 2, 4, 2, 1
         args.boot, args.jobs = 200, 1
         if args.samplers is None:
-            args.samplers = ["FlowMatchEuler (= DDIM)", "O-BELM", "O-BELM landing (default)",
+            args.samplers = ["FlowMatchEuler (= DDIM)", "O-BELM", "O-BELM landing(0.1)",
                              "DPM-Solver++(2M)", "UniPC-3 (bh2)"]
     args.n_ref_check = min(args.n_ref_check, args.n)
     return args
@@ -569,7 +570,7 @@ def main(argv: list[str] | None = None) -> dict:
     quality.append(dict(what=f"flow model, reference ODE solution ({n} samples)",
                         **_quality(clf, torch.from_numpy(ref))))
     b_q = 20 if 20 in budgets else budgets[0]
-    for nm in ("FlowMatchEuler (= DDIM)", "O-BELM", "O-BELM landing (default)",
+    for nm in ("FlowMatchEuler (= DDIM)", "O-BELM", "O-BELM landing(0.1)",
                "DPM-Solver++(2M)"):
         r = res.get(Job("sample", nm, b_q, 0, n))
         if r is not None and r.get("steps") is not None and np.isfinite(r["x0"]).all():

@@ -183,6 +183,9 @@ def _equal_step_cached(method: LMMethod) -> tuple[list[sp.Expr], list[sp.Expr]]:
 
 def characteristic_polynomial(method_or_a: LMMethod | list) -> sp.Poly:
     """Sampling's ``ρ(ζ) = ζ^k − a_1 ζ^{k−1} − … − a_k`` at equal steps (module doc)."""
+    own = getattr(method_or_a, "characteristic_polynomial", None)
+    if callable(own):  # an exponential method: ρ of its relation on ȳ (docs/design.md §12)
+        return own()
     a = equal_step_coefficients(method_or_a)[0] if isinstance(method_or_a, LMMethod) \
         else [sp.sympify(x) for x in method_or_a]
     k = len(a)
@@ -348,9 +351,17 @@ def _equal_order(a_eq: list[sp.Expr], b_eq: list[sp.Expr]) -> tuple[int, sp.Expr
     raise AssertionError("a k-step method has order at most 2k")
 
 
-@lru_cache(maxsize=256)
 def analyze(method: LMMethod) -> LTEAnalysis:
-    """Order, closed-form error constant, equal-step order/constant and roots of ρ."""
+    """Order, closed-form error constant, equal-step order/constant and roots of ρ (an
+    exponential method answers with its own analysis in λ, docs/design.md §12)."""
+    own = getattr(method, "analysis", None)
+    if callable(own):
+        return own()
+    return _analyze(method)
+
+
+@lru_cache(maxsize=256)
+def _analyze(method: LMMethod) -> LTEAnalysis:
     p = order_of(method.a, method.b)
     a_eq, b_eq = equal_step_coefficients(method)
     if _has_s0(method):  # schedule-tied: report C_{p+1} at unit steps, still a function of s0

@@ -99,7 +99,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .engine import EpsFn, Integrator, Run, all_finite, starter_step
+from .engine import EpsFn, Integrator, Run, all_finite
 from .grid import Grid
 from .latent import Latent, freeze_context
 from .method import LMMethod
@@ -456,7 +456,7 @@ class Bitexact(Integrator):
         plan, w, N = rp.plan, run.window, run.grid.N
         self._put(run, plan, N, plan.quantize(x, N))
         for m in range(N, N - self.k + 1, -1):
-            xm = starter_step(w, self.method.starter, m, m - 1)
+            xm = self.method.starter_state(w, m, m - 1)
             self._put(run, plan, m - 1, plan.quantize(xm, m - 1))
             run.emit(m - 1)
 
@@ -499,7 +499,7 @@ class Bitexact(Integrator):
         plan, w = rp.plan, run.window
         self._put(run, plan, 0, plan.quantize(x0, 0))
         for m in range(self.k - 1):
-            xm = starter_step(w, self.method.starter, m, m + 1)
+            xm = self.method.starter_state(w, m, m + 1)
             self._put(run, plan, m + 1, plan.quantize(xm, m + 1))
             run.emit(m + 1)
 

@@ -57,8 +57,57 @@ def _kmax(text: str) -> int:
     return k
 
 
+def _derive_exponential(args: argparse.Namespace) -> int:
+    import sympy as sp
+
+    from .expdesign import exp_design
+    from .expsymbolic import exp_order_of, solve_exp_order_conditions
+
+    k = args.steps
+    out = sp.latex if args.latex else sp.sstr
+    print("  ybar_r = sum_j a_j ybar_{r+j} + e^{lambda_r} sum_m beta_m D_{r+m};"
+          "  l_j = log(sigma_{r+j}/sigma_{r+j-1}), ExpMoment(n, L) = int_{-L}^0 e^u u^n du")
+    if args.order is not None:
+        p = args.order
+        if not 1 <= p <= 2 * k - 2:
+            raise ValueError(f"--order {p}: a {k}-step exponential BELM has order 1..{2 * k - 2}")
+        free = [f"a{j}" for j in range(1, 2 * k - 1 - p)]
+        a, b = solve_exp_order_conditions(k, p, parameters=free)
+        print(f"{k}-step exponential BELM family of order {p} "
+              f"(verified: {exp_order_of(a, b, max_order=p) >= p}), free parameters {free}")
+        for j, e in enumerate(a, 1):
+            print(f"  a{j} = {out(e)}")
+        for j, e in enumerate(b):
+            print(f"  beta{j} = {out(e)}")
+        return 0
+    if k < 3:
+        raise ValueError("exponential BELM designs exist for k = 3..6")
+    d = exp_design(k)
+    from .expdesign import ebelm
+
+    m = ebelm(k)
+    A = m.analysis()
+    print(f"{m.name}: k = {k}, t = {list(d.t)}")
+    for j, e in enumerate(m.ya, 1):
+        print(f"  a{j} = {out(e)}")
+    for j, e in enumerate(m.beta):
+        print(f"  beta{j} = {out(e)}")
+    print(f"  order (variable steps) = {A.order}; order (equal log-steps) = {A.order_equal}; "
+          f"leading LTE: {A.leading_term()}")
+    print(f"  rho(zeta) = {out(A.rho.as_expr())}")
+    for z, kap in A.growth:
+        print(f"    root {complex(z):.4f}  growth parameter kappa = {kap.real:+.4f}")
+    print(f"  inversion growth exponent g = max(1 - kappa) = {A.growth_exponent:.4f} "
+          f"(the sum rule's best for k = {k}: {k / (k - 1):.4f})")
+    print(f"  bidirectional explicit (exactly invertible): {m.is_bidirectional_explicit}")
+    return 0
+
+
 def _derive(args: argparse.Namespace) -> int:
     import sympy as sp
+
+    if args.form == "data":
+        return _derive_exponential(args)
 
     from .analysis import analyze, root_condition
     from .design import belm_family, design, max_stable_order
@@ -106,6 +155,11 @@ def _stability(args: argparse.Namespace) -> int:
     from .stability import stability_report
 
     grid = Grid.stable_diffusion(args.n) if args.schedule == "sd" else Grid.power(args.n, 80.0)
+    if args.form == "data":
+        from .expdesign import ebelm
+
+        print(stability_report(ebelm(args.steps), grid))
+        return 0
     print(stability_report(belm(args.steps, args.stability), grid))
     return 0
 
@@ -120,6 +174,11 @@ def _table(args: argparse.Namespace) -> int:
         print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", file=sys.stderr,
               flush=True)
 
+    if args.form == "data":
+        from .table import exp_belm_table
+
+        print(exp_belm_table(markdown=args.markdown))
+        return 0
     text = belm_table(args.kmax, markdown=args.markdown, progress=progress)
     if tty:
         print("\r\x1b[K", end="", file=sys.stderr, flush=True)
@@ -128,8 +187,13 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .plots import plot_design_roots
+    from .plots import plot_design_roots, plot_exp_roots
 
+    if args.form == "data":
+        out = args.out or f"ebelm{args.steps}_roots.png"
+        plot_exp_roots(args.steps, out=out)
+        print(f"wrote {out}")
+        return 0
     out = args.out or f"belm{args.steps}_roots.png"
     plot_design_roots(args.steps, out=out)
     print(f"wrote {out}")
@@ -284,6 +348,9 @@ def _parser() -> argparse.ArgumentParser:
              "help": "number of steps k of the BELM, 2..5"}
     stab = {"choices": _STABILITIES, "default": "bidirectional",
             "help": "design requirement (default: bidirectional)"}
+    form = {"choices": ("sigma", "data"), "default": "sigma",
+            "help": "'sigma': BELMs of the σ̄-ODE in x̄, ε̄ (default); 'data': exponential "
+                    "BELMs in data-prediction variables ȳ, D (k = 3..6)"}
     d = sub.add_parser("derive", help="derive a k-step BELM and analyse it")
     d.add_argument("--steps", "-k", **steps)
     d.add_argument("--order", type=_positive, default=None, metavar="P",
@@ -291,6 +358,7 @@ def _parser() -> argparse.ArgumentParser:
                         "free parameters symbolic")
     d.add_argument("--stability", **stab)
     d.add_argument("--latex", action="store_true", help="print coefficients as LaTeX")
+    d.add_argument("--form", **form)
     d.set_defaults(func=_derive)
     s = sub.add_parser("stability", help="parasitic growth of a designed BELM on a schedule")
     s.add_argument("--steps", "-k", **steps)
@@ -298,14 +366,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="Stable Diffusion's DDIM grid or a power grid up to σ̄ = 80")
     s.add_argument("--n", type=_positive, default=50, help="number of grid steps")
     s.add_argument("--stability", **stab)
+    s.add_argument("--form", **form)
     s.set_defaults(func=_stability)
     pl = sub.add_parser("plot", help="root plot / root locus of the k-step designs (PNG)")
     pl.add_argument("--steps", "-k", **steps)
+    pl.add_argument("--form", **form)
     pl.add_argument("--out", default=None, help="PNG path (default belm{k}_roots.png)")
     pl.set_defaults(func=_plot)
     t = sub.add_parser("table", help="the k = 1..5 BELM table (progress on stderr)")
     t.add_argument("--kmax", type=_kmax, default=5, metavar="K", help="last k, 1..5")
     t.add_argument("--markdown", action="store_true")
+    t.add_argument("--form", **form)
     t.set_defaults(func=_table)
     inv = sub.add_parser("invert-dataset", help="invert a dataset to latents (shards + "
                          "manifest; resumable; torchrun for several processes)")

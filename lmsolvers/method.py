@@ -29,7 +29,7 @@ import numpy as np
 import sympy as sp
 import torch
 
-from .engine import Integrator, Run, lm_step, lm_step_inverse, starter_step
+from .engine import Integrator, Run, Window, lm_step, lm_step_inverse, starter_step
 from .grid import Grid
 from .latent import Latent, freeze_context
 from .parasitic import companion_growth, local_roundoff
@@ -331,12 +331,17 @@ class LMMethod(Integrator):
         _check_ak_range(c, self.name, dtype)
         return c
 
+    def starter_state(self, w: Window, m: int, target: int) -> torch.Tensor:
+        """The starter's state at the node ``target`` next to ``m`` (:func:`starter_step`);
+        every run (float, bit-exact, reversal, the scheduler) starts through here."""
+        return starter_step(w, self.starter, m, target)
+
     def start(self, run: Run, plan: StepCoefficients, x: torch.Tensor) -> None:
         """``x̄_N``, then the starter down to node N−k+1."""
         w, N = run.window, run.grid.N
         w.put(N, x)
         for m in range(N, N - self.k + 1, -1):
-            w.put(m - 1, starter_step(w, self.starter, m, m - 1))
+            w.put(m - 1, self.starter_state(w, m, m - 1))
             run.emit(m - 1)
 
     def load(self, run: Run, plan: StepCoefficients, latent: Latent) -> None:
@@ -355,7 +360,7 @@ class LMMethod(Integrator):
         w = run.window
         w.put(0, x0)
         for m in range(self.k - 1):
-            w.put(m + 1, starter_step(w, self.starter, m, m + 1))
+            w.put(m + 1, self.starter_state(w, m, m + 1))
             run.emit(m + 1)
 
     def backward_step(self, run: Run, plan: StepCoefficients, r: int) -> None:

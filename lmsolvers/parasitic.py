@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["companion_matrices", "companion_growth", "local_roundoff"]
+__all__ = ["companion_matrices", "companion_growth", "local_roundoff", "gaussian_growth"]
 
 
 def companion_matrices(a: np.ndarray) -> np.ndarray:
@@ -74,3 +74,52 @@ def local_roundoff(a: np.ndarray) -> float:
     with np.errstate(divide="ignore"):
         local = np.maximum(a.sum(axis=1), (1.0 + a[:, :-1].sum(axis=1)) / a[:, -1])
     return max(1.0, float(local.max()))
+
+
+def gaussian_growth(a: np.ndarray, bh: np.ndarray, sigma_bar: np.ndarray, scale: float,
+                    direction: str) -> tuple[float, float]:
+    """``(growth, local)`` of a round-off perturbation on the Gaussian test problem.
+
+    Data of scale ``s`` have the flow ``x̄(σ̄) = z·w(σ̄)``, ``w = sqrt(s² + σ̄²)``, i.e.
+    ``ε̄ = g(σ̄) x̄`` with ``g = σ̄/(s² + σ̄²)``: the data-prediction Jacobian is
+    ``J = s²/(s² + σ̄²)``, 1 where the data vary more than the noise and 0 where not.  On it
+    every step is the linear recursion ``x̄_r = Σ_j (a_j + bh_j g_{r+j}) x̄_{r+j}``; measured
+    relative to the solution (``y_m = x̄_m/w_m``) its k×k companion matrices give the growth
+    of a perturbation from any step to the end of the run (``max_r ‖Π M‖₂``, ≥ 1) in the
+    given direction, and ``local`` is the worst local conditioning of a step read both ways
+    (the round-off a step commits, relative to the solution's scale).  Unlike
+    :func:`companion_growth` (which sees ``ε̄ = 0``: ``J = 1`` at every noise level, a flow
+    that never grows) this charges no growth to a method for following a solution that
+    grows like σ̄ (docs/design.md §12).
+    """
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    M_rows, k = a.shape
+    s = np.asarray(sigma_bar, dtype=np.float64)
+    w = np.sqrt(scale**2 + s**2)
+    g = s / (scale**2 + s**2)
+    rows = np.arange(M_rows)
+    idx = rows[:, None] + np.arange(1, k + 1)[None, :]  # nodes r+1..r+k
+    c = (a + bh[:, 1:] * g[idx]) * w[idx] / w[rows][:, None]
+    extra = (np.abs(a) + np.abs(bh[:, 1:]) * g[idx]) * w[idx] / w[rows][:, None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        local = np.maximum(extra.sum(axis=1),
+                           (1.0 + extra[:, :-1].sum(axis=1)) / np.abs(c[:, -1]))
+        if k == 1:
+            return 1.0, max(1.0, float(np.nanmax(local)))
+        best, R = 1.0, np.eye(k)
+        Ms = np.zeros((M_rows, k, k))
+        Ms[:, 0, :] = c
+        for m in range(1, k):
+            Ms[:, m, m - 1] = 1.0
+        if direction == "forward":
+            steps = [Ms[r - 1] for r in range(1, M_rows)]
+        else:
+            inv = np.linalg.inv(Ms)
+            steps = [inv[r] for r in range(M_rows - 1, 0, -1)]
+        for S in steps:
+            R = R @ S
+            if not np.all(np.isfinite(R)):
+                return float("inf"), float(np.nanmax(local))
+            best = max(best, float(np.linalg.norm(R, 2)))
+    return best, max(1.0, float(np.nanmax(local)))

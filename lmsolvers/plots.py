@@ -15,8 +15,9 @@ import numpy as np
 import sympy as sp
 
 from .design import _roots, design, equal_step_family
+from .expdesign import ebelm
 
-__all__ = ["plot_design_roots"]
+__all__ = ["plot_design_roots", "plot_exp_roots"]
 
 
 def plot_design_roots(k: int, out: str | Path | None = None, span: float = 3.0):
@@ -75,6 +76,52 @@ def plot_design_roots(k: int, out: str | Path | None = None, span: float = 3.0):
     else:
         ax2.set_title(f"bidirectional family has {len(fam.params)} free parameters")
         ax2.axis("off")
+    fig.tight_layout()
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+    return fig
+
+
+def plot_exp_roots(k: int, out: str | Path | None = None, ell_max: float = 1.5):
+    """Figure for the k-step exponential BELM (docs/design.md §12): left, the roots of ρ on ȳ
+    with their growth parameters κ; right, the roots of the step's x̄-form recursion at
+    equal log-steps ℓ ∈ (0, ell_max] on the flow ε̄ = 0 (the per-step factor e^{−ℓ} that the
+    σ̄-scaling puts on every mode, and how D's weights move the roots).  Returns the figure;
+    writes a PNG to ``out`` when given."""
+    import matplotlib
+
+    if out is not None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = ebelm(k)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.6))
+    t = np.linspace(0, 2 * np.pi, 400)
+    for a_ in (ax, ax2):
+        a_.plot(np.cos(t), np.sin(t), color="0.6", lw=1)
+        a_.set_aspect("equal")
+        a_.axhline(0, color="0.85", lw=0.8)
+        a_.axvline(0, color="0.85", lw=0.8)
+        a_.set_xlim(-1.6, 1.6)
+        a_.set_ylim(-1.6, 1.6)
+    for z, kap in m.growth:
+        ax.plot(z.real, z.imag, "o", mfc="none", ms=9, color="C0")
+        ax.annotate(f"κ={kap.real:+.2f}", (z.real, z.imag), textcoords="offset points",
+                    xytext=(6, 6), fontsize=8)
+    ax.set_title(f"{m.name}: roots of ρ on ȳ, growth parameters κ")
+    ells = np.linspace(0.02, ell_max, 60)
+    f = m._relation
+    sc = None
+    for ell in ells:
+        vals = [float(v) for v in f(*([ell] * k))]
+        a, beta = vals[:k], vals[k:]
+        A = [a[j - 1] * np.exp(-j * ell) + beta[j] for j in range(1, k + 1)]
+        r = np.roots(np.concatenate([[1.0], -np.asarray(A)]))
+        sc = ax2.scatter(r.real, r.imag, c=np.full(r.size, ell), s=5, cmap="viridis",
+                         vmin=0, vmax=ell_max)
+    fig.colorbar(sc, ax=ax2, label="log-step ℓ")
+    ax2.set_title("x̄-form roots at equal log-steps (ε̄ = 0)")
     fig.tight_layout()
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

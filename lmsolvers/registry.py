@@ -4,7 +4,9 @@ A name is what ``method.name`` prints, so a method can be written to a config an
 back: ``"ddim"``, ``"obelm"``, ``"bdia"`` (γ = 1), ``"bdia(0.5)"``, ``"edict"``
 (p = 0.93), ``"edict(0.93)"``, ``"belm3"`` (the default design), ``"belm3-forward"``,
 ``"belm3-bidirectional"``, ``"belm3-max"`` (the maximal-order, not zero-stable method),
-``"obelm-landing(0.1)"`` (the default of the diffusion sampler).
+``"obelm-landing(0.1)"``, and the designed exponential BELMs ``"ebelm3"`` … ``"ebelm6"``
+(data-prediction variables, docs/design.md §12) with an optional landing,
+``"ebelm3(eps, 0.1)"``.
 Parameters are parsed with ``float`` (``repr`` round-trips exactly), so
 ``method_from_name(m.name)`` has ``m``'s exact identity.
 """
@@ -17,6 +19,8 @@ from typing import Any
 from .design import belm, design
 from .edict import edict
 from .engine import Integrator
+from .expdesign import EXP_KS, ebelm
+from .exponential import LANDINGS
 from .families import bdia, ddim, obelm, obelm_landing
 
 __all__ = ["method_from_name", "METHOD_NAMES"]
@@ -24,10 +28,12 @@ __all__ = ["method_from_name", "METHOD_NAMES"]
 #: the forms a name can take (for error messages and documentation)
 METHOD_NAMES = ("ddim", "obelm", "bdia", "bdia(<gamma>)", "edict", "edict(<p>)",
                 "edict(<p>, alternate)", "obelm-landing", "obelm-landing(<gamma>)",
-                "belm<k>", "belm<k>-forward", "belm<k>-bidirectional", "belm<k>-max")
+                "belm<k>", "belm<k>-forward", "belm<k>-bidirectional", "belm<k>-max",
+                "ebelm<k>", "ebelm<k>(<landing>, <gamma>)")
 
 _PARAM = re.compile(r"^(bdia|edict|obelm-landing)\((.+)\)$")
 _BELM = re.compile(r"^belm(\d+)(?:-(forward|bidirectional|max|none))?$")
+_EBELM = re.compile(r"^ebelm(\d+)(?:\((.+)\))?$")
 
 
 def method_from_name(method: Any) -> Any:
@@ -67,6 +73,23 @@ def method_from_name(method: Any) -> Any:
         if m.group(1) == "obelm-landing":
             return obelm_landing(value)
         return bdia(value) if m.group(1) == "bdia" else edict(value, alternate)
+    m = _EBELM.match(name)
+    if m:
+        k = int(m.group(1))
+        if k not in EXP_KS:
+            raise ValueError(f"method {method!r}: exponential BELMs are designed for k in "
+                             f"{EXP_KS}")
+        if m.group(2) is None:
+            return ebelm(k)
+        args = [a.strip() for a in m.group(2).split(",")]
+        if len(args) != 2 or args[0] not in LANDINGS:
+            raise ValueError(f"method {method!r}: write ebelm<k>(<landing>, <gamma>) with a "
+                             f"landing in {LANDINGS}")
+        try:
+            gamma = float(args[1])
+        except ValueError:
+            raise ValueError(f"method {method!r}: {args[1]!r} is not a number") from None
+        return ebelm(k, args[0], gamma)
     m = _BELM.match(name)
     if m:
         k, kind = int(m.group(1)), m.group(2) or "bidirectional"

@@ -13,9 +13,10 @@ import sympy as sp
 
 from .analysis import characteristic_polynomial, root_condition, roots_of
 from .design import KMAX_DESIGN, STABILITIES, design, design_steps_error
+from .expdesign import EXP_KS, ebelm
 from .markdown import markdown_table
 
-__all__ = ["belm_table"]
+__all__ = ["belm_table", "exp_belm_table"]
 
 
 def _roots(a) -> str:
@@ -50,6 +51,27 @@ def belm_table(kmax: int = 5, markdown: bool = False,
         rows.append([str(k), st, str(d.order_equal), str(d.method.order),
                      sp.sstr(d.error_constant_equal),
                      f"{'yes' if fw else 'NO'}/{'yes' if bw else 'NO'}", _roots(d.a_equal)])
+    if markdown:
+        return markdown_table(head, rows)
+    w = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{x}}}" for x in w)
+    return "\n".join([fmt.format(*head)] + [fmt.format(*r) for r in rows])
+
+
+def exp_belm_table(markdown: bool = False) -> str:
+    """Rows k = 3…6 of the designed exponential BELMs (docs/design.md §12): ``a`` on ȳ, the
+    variable- and equal-step orders, the equal-step leading LTE term, the roots of ρ, the
+    parasitic growth parameters κ and the inversion growth exponent ``g = max(1 − κ)``."""
+    head = ["k", "a (on ȳ)", "order (variable steps)", "order (equal steps)",
+            "leading LTE (equal log-steps ℓ)", "roots of rho", "parasitic κ", "g"]
+    rows = []
+    for k in EXP_KS:
+        m = ebelm(k)
+        A = m.analysis()
+        kap = sorted({round(kv.real, 3) for _, kv in A.growth[1:]})
+        rows.append([str(k), "(" + ", ".join(sp.sstr(v) for v in m.ya) + ")", str(A.order),
+                     str(A.order_equal), A.leading_term(), _roots(m.ya),
+                     ", ".join(f"{v:+.3f}" for v in kap), f"{A.growth_exponent:.3f}"])
     if markdown:
         return markdown_table(head, rows)
     w = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]

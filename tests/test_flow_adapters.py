@@ -259,12 +259,19 @@ def test_sd3_dynamic_shifting_uses_the_pipelines_mu(conds):
          height=16, width=24, prompt_embeds=conds["prompt_embeds"],
          pooled_prompt_embeds=conds["pooled_prompt_embeds"])
     s = DiffusionSampler(pipe.transformer, pipe.scheduler, N, disable_progress=True,
-                         prompt_embeds=conds["prompt_embeds"],
+                         grid="scheduler", prompt_embeds=conds["prompt_embeds"],
                          pooled_prompt_embeds=conds["pooled_prompt_embeds"])
     assert s.mu_for(x_T) == calculate_shift(4 * 6, 4, 64, 0.5, pipe.scheduler.config.max_shift)
     grid = s.schedule_for(x_T).grid
     assert torch.equal(torch.tensor(1.0 - grid.alphas[::-1].copy(), dtype=torch.float32),
                        pipe.scheduler.sigmas[1:])
+    # the default configuration: the stock range per mu, the finite nodes on its λ-grid
+    d = DiffusionSampler(pipe.transformer, pipe.scheduler, N, disable_progress=True,
+                         prompt_embeds=conds["prompt_embeds"],
+                         pooled_prompt_embeds=conds["pooled_prompt_embeds"])
+    dg = d.schedule_for(x_T).grid
+    assert dg.N == grid.N and dg.sigma_bar[1] == grid.sigma_bar[1]
+    assert dg.sigma_bar[-1] == grid.sigma_bar[-1] and d.method.name.startswith("ebelm")
 
 
 @given(st.integers(3, 12), st.floats(1.0, 6.0), st.integers(0, 2**31 - 1))
@@ -352,8 +359,8 @@ def test_bad_flow_inputs_are_clear_errors(sd3, flux, conds):
         DiffusionSampler(t, sch, N, original_size=(16, 16), **flux_cond(conds))
     with pytest.raises(ValueError, match="'v_prediction' assumes α² \\+ σ² = 1"):
         DiffusionSampler(t, sch, N, prediction_type="v_prediction", **flux_cond(conds))
-    with pytest.raises(ValueError, match="grid='designed' needs a DDPM-family"):
-        DiffusionSampler(t, sch, N, grid="designed", **flux_cond(conds))
+    with pytest.raises(ValueError, match="grid='designed' places its own nodes"):
+        DiffusionSampler(t, sch, N, grid="designed", sigmas=[1.0, 0.5], **flux_cond(conds))
     s = DiffusionSampler(flux.transformer, flux.scheduler, N, **flux_cond(conds))
     with pytest.raises(ValueError, match="pass mu="):
         _ = s.grid  # FLUX's shift depends on the image size

@@ -125,7 +125,12 @@ def test_obelm_landing_is_second_order_on_a_smooth_problem():
 # ------------------------------------------------------------ DiffusionSampler
 def test_default_sampler_uses_the_design_and_round_trips_on_the_digits_model():
     from diffusers import DDPMScheduler, UNet2DModel
-    from lmsolvers.adapters.diffusers import DiffusionSampler, grid_from_scheduler
+    from lmsolvers.adapters.diffusers import (
+        DiffusionSampler,
+        default_design,
+        default_method,
+        grid_from_scheduler,
+    )
 
     from benchmarks.digits_data import REPO_ROOT, load_digits_split
 
@@ -133,9 +138,13 @@ def test_default_sampler_uses_the_design_and_round_trips_on_the_digits_model():
     unet = UNet2DModel.from_pretrained(model).eval()
     sched = DDPMScheduler.from_pretrained(model)
     s = DiffusionSampler(unet, sched, N, disable_progress=True)
-    assert s.design is not None and s.method.key == obelm_landing(0.1).key
-    assert s.grid.fingerprint() == design_schedule_grid(s.method, N, AC).grid.fingerprint()
+    assert s.design is not None and s.method.key == default_method(N).key
+    assert s.grid.fingerprint() == default_design(N, AC).grid.fingerprint()
     assert s.amplification == s.method.amplification(s.grid, "backward") > 1
+    # an explicit two-step method on the designed grid: the two-step design
+    o = DiffusionSampler(unet, sched, N, obelm_landing(0.1), grid="designed",
+                         disable_progress=True)
+    assert o.grid.fingerprint() == design_schedule_grid(o.method, N, AC).grid.fingerprint()
     x0 = load_digits_split("test")[0][:3].double()
     rec = s.reconstruct(x0)
     assert float((rec - x0).norm() / x0.norm()) <= 1e-10

@@ -1,0 +1,520 @@
+"""Exponential BELMs against UniPC and DPM-Solver++, each on its own best grid; constants
+chosen on a validation noise set, results reported on a separate test set.
+
+**Models.**  ``ddpm``: the digits DDPM (ε-prediction, linear β); ``cond``: the
+class-conditional digits DDPM at classifier-free guidance 3 (labels ``i mod 10``); ``flow``:
+the digits rectified-flow model.  Every sampler integrates the same ODE through the same
+function: :class:`benchmarks.digits_bench.DigitsODE` (the network at the training timestep
+of σ̄, a cubic spline of t in log σ̄ between table entries) and its guided twin, or
+:class:`benchmarks.flow_bench.FlowODE` (t = 1000 σ, continuous).
+
+**References.**  DDPM models: classical RK4 in log σ̄ on every 2nd training timestep down to
+the least noisy level ``σ̄_min = σ̄(t = 0)``, then ``x̄_0 = D(x̄(σ̄_min), σ̄_min)``: below its
+least noisy training level a DDPM has no ODE of its own, and every sampler here (DPM-Solver++,
+UniPC, k-diffusion, ours) ends with that frozen data prediction — the convention makes the
+error of a sampler its discretisation error on ``[σ̄_min, σ̄_max]``.  (The digits benchmark
+instead continues the flow below σ̄_min with the network frozen at t = 0; against it every
+sampler floors near 1.7e-3.)  Flow: RK4 in σ with steps of ≤ 2 model timesteps to σ = 0
+(:func:`benchmarks.flow_bench.rk4_reference`).
+
+**Grids.**  DDPM families (σ̄ from σ̄(T−1) to σ̄_min, then 0): those of
+:data:`benchmarks.samplers.GRID_FAMILIES`, the λ-warped families ``warp<p>`` of
+:func:`lmsolvers.loggrid.log_nodes` (``warp1`` = log-uniform), and ``<family>-int``, the
+same snapped to integer timesteps (where the network was trained).  Flow families (σ from 1
+to 0): ``linear`` (FlowMatchEuler's own), ``shift3`` (SD3's shift), and ``warp<p>``: the
+α = 0 entry node, then λ-warped finite nodes from ``σ̄_top`` (that of ``linear``'s second
+node) down to ``σ̄_min = 1/999``.
+
+**Validation** (``--phase val``, seed 1): every peer on every family at every budget; the
+best family per (peer, budget) is that peer's grid on the test set (the most favourable
+choice for the peers).  Our candidates (method × warp, on the snapped grids for DDPM models)
+are scored by the worst ratio of their median to the best peer's over the budgets; the
+library's default rule (:func:`lmsolvers.adapters.diffusers.default_method`,
+:func:`~lmsolvers.adapters.diffusers.default_design`) is what this selects (printed, and the
+JSON records the candidates).
+
+**Test** (``--phase test``, seed 2): peers on their validated grids, the library's default
+exact configuration through :class:`~lmsolvers.adapters.DiffusionSampler` (its method and
+grid) — median and RMS of per-sample errors with 95 % bootstrap intervals; a convergence
+sweep over NFE 10…200 with slopes fitted to log median vs log NFE; round trips of the 360
+held-out digits (relative error, float64 state) and the latent's ``std(x̄_N)/σ̄_N``, next to
+the same ratio for the converged ODE's own inversion of those digits (RK4, the reference).
+
+Writes ``exponential_bench_<model>.md``/``.json``/``.png`` under ``--out``.  Run one thread
+per process (``OMP_NUM_THREADS=1``; 4–16× faster on a shared machine):
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.exponential_bench --model ddpm --phase val
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.exponential_bench --model ddpm --phase test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from lmsolvers.adapters.diffusers import DiffusionSampler, default_design, default_method
+from lmsolvers.adapters.schedules import alphas_cumprod_from_config
+
+import lmsolvers as L
+from lmsolvers.grid import vp_alpha
+from lmsolvers.loggrid import log_nodes
+
+from . import flow_bench as F
+from . import samplers as S
+from .digits_bench import DigitsODE, reference_nodes, rk4_log_sigma
+from .digits_data import REPO_ROOT, load_digits_split
+from .tables import markdown_table
+
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+VAL_SEED, TEST_SEED = 1, 2
+TABLE_BUDGETS = (10, 20, 50, 100)
+SWEEP = (10, 12, 15, 20, 25, 30, 40, 50, 70, 100, 140, 200)
+DDPM_FAMILIES = ("trailing", "trailing-split", "karras-5", "karras-7", "warp0.7", "warp0.85",
+                 "warp1", "warp0.85-int", "warp1-int", "karras-7-int")
+FLOW_FAMILIES = ("linear", "shift3", "warp0.7", "warp0.85", "warp1")
+#: our candidates on validation: (method name, warp)
+CANDIDATES = tuple((m, w) for m in ("ebelm3", "ebelm5") for w in (0.8, 0.85, 0.9, 1.0))
+GUIDANCE = 3.0
+SHAPE = (1, 8, 8)
+
+
+# -------------------------------------------------------------------- models
+class CondODE(DigitsODE):
+    """The class-conditional digits DDPM with classifier-free guidance ``w``: the network of
+    :class:`DigitsODE` called on ``[null, labels]`` in one batch, ``ε_u + w (ε_c − ε_u)``."""
+
+    def __init__(self, labels: torch.Tensor, w: float = GUIDANCE):
+        super().__init__(REPO_ROOT / "models" / "digits_cond")
+        self.labels, self.w = labels, float(w)
+        self.null = int(self.unet.config.num_class_embeds) - 1
+
+    def with_labels(self, labels: torch.Tensor) -> CondODE:
+        """The same model and guidance for other labels (shares the network)."""
+        other = object.__new__(CondODE)
+        other.__dict__.update(self.__dict__)
+        other.labels = labels
+        return other
+
+    @torch.no_grad()
+    def __call__(self, xbar: torch.Tensor, sigma_bar: float) -> torch.Tensor:
+        a = float(vp_alpha(sigma_bar))
+        t = torch.tensor(self.timestep(float(sigma_bar)), dtype=torch.float32)
+        x = (xbar * a).float()
+        lab = torch.cat([torch.full_like(self.labels, self.null), self.labels])
+        out = self.unet(torch.cat([x, x]), t, class_labels=lab).sample
+        eu, ec = out.chunk(2)
+        return (eu + self.w * (ec - eu)).to(xbar.dtype)
+
+
+def ddpm_reference(ode: DigitsODE, noise: torch.Tensor) -> torch.Tensor:
+    """RK4 in log σ̄ (every 2nd timestep) to σ̄_min, then the frozen data prediction."""
+    s_min = float(ode.sbar_table[0])
+    x, _ = rk4_log_sigma(ode, reference_nodes(ode, 2), noise / float(vp_alpha(
+        ode.sbar_table[-1])), tail_steps=0)
+    return x - s_min * ode(x, s_min)
+
+
+def snap(sb: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Nodes 1..N of ``sb`` moved to the nearest integer timestep (strictly increasing)."""
+    T = table.size
+    t = np.rint(np.interp(np.log(sb[1:]), np.log(table), np.arange(T, dtype=float))).astype(int)
+    t[0], t[-1] = 0, T - 1
+    for j in range(1, t.size):
+        t[j] = max(t[j], t[j - 1] + 1)
+    for j in range(t.size - 2, -1, -1):
+        t[j] = min(t[j], t[j + 1] - 1)
+    return np.concatenate([[0.0], table[t]])
+
+
+def ddpm_grid(family: str, n: int, table: np.ndarray) -> np.ndarray:
+    """σ̄ nodes (increasing, σ̄_0 = 0) of a DDPM family with n steps (module docstring)."""
+    if family.endswith("-int"):
+        return snap(ddpm_grid(family[:-4], n, table), table)
+    if family.startswith("warp"):
+        return np.concatenate([[0.0], log_nodes(n, float(table[-1]), float(table[0]),
+                                                float(family[4:]))])
+    return S.family_grid(family, n, table)
+
+
+def flow_sigmas(family: str, n: int, ode: F.FlowODE) -> np.ndarray:
+    """Descending σ nodes (1 first, 0 last) of a flow family with n steps."""
+    lin = F.flow_sigmas(ode.schedule(n))
+    if family == "linear":
+        return lin
+    if family == "shift3":
+        s = lin.copy()
+        return 3.0 * s / (1.0 + 2.0 * s)
+    if family.startswith("warp"):
+        top = lin[1] / (1.0 - lin[1])
+        s_min = 1.0 / 999.0
+        sb = log_nodes(n - 1, top, s_min, float(family[4:]))[::-1]
+        return np.concatenate([[1.0], sb / (1.0 + sb), [0.0]])
+    raise ValueError(f"unknown flow family {family!r}")
+
+
+# ------------------------------------------------------------------ one model
+class Bench:
+    """One model's ODE, noise sets, references and samplers."""
+
+    def __init__(self, model: str, n_val: int, n_test: int):
+        self.model = model
+        self.n = {VAL_SEED: n_val, TEST_SEED: n_test}
+        self.flow = model == "flow"
+        if self.flow:
+            self.ode = F.FlowODE()
+        elif model == "cond":
+            self.ode = CondODE(torch.arange(max(n_val, n_test)) % 10)
+        else:
+            self.ode = DigitsODE()
+        self._ref: dict[int, np.ndarray] = {}
+
+    def noise(self, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn((self.n[seed], *SHAPE), generator=g, dtype=torch.float64)
+
+    def eps_for(self, lo: int, hi: int) -> Any:
+        if self.model == "cond":
+            return self.ode.with_labels(self.ode.labels[lo:hi])
+        return self.ode.eps_bar if self.flow else self.ode
+
+    def reference(self, seed: int, out: Path) -> np.ndarray:
+        """The seed's reference (cached in ``out``, keyed by model, seed and size)."""
+        path = out / f"exponential_bench_{self.model}.ref{seed}.npz"
+        n = self.n[seed]
+        if path.exists():
+            z = np.load(path)
+            if int(z["n"]) >= n:
+                return z["ref"][:n]
+        t0 = time.time()
+        noise, chunks = self.noise(seed), []
+        for lo in range(0, n, 128):
+            x = noise[lo:lo + 128]
+            with torch.no_grad():
+                if self.flow:
+                    chunks.append(F.rk4_reference(self.ode, x, 2.0)[0].numpy())
+                else:
+                    chunks.append(ddpm_reference(self.eps_for(lo, lo + x.shape[0]), x).numpy())
+            print(f"  reference {self.model} seed {seed}: {lo + x.shape[0]}/{n} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+        ref = np.concatenate(chunks)
+        np.savez_compressed(path, ref=ref, n=n)
+        return ref
+
+    # ------------------------------------------------------------ sampling
+    def run_peer(self, spec: S.SamplerSpec, family: str, n: int, seed: int) -> np.ndarray:
+        noise = self.noise(seed)
+        out = []
+        for lo in range(0, noise.shape[0], 256):
+            x = noise[lo:lo + 256]
+            with torch.no_grad():
+                if self.flow:
+                    out.append(F.peer_solve(spec, flow_sigmas(family, n, self.ode), x,
+                                            self.ode)[0])
+                else:
+                    sb = ddpm_grid(family, n, self.ode.sbar_table)
+                    out.append(S.run(spec, sb, x / float(vp_alpha(sb[-1])),
+                                     self.eps_for(lo, lo + x.shape[0]))[0])
+        return torch.cat(out).numpy()
+
+    def run_ours(self, method: Any, grid: L.Grid, seed: int, entry: bool = False
+                 ) -> np.ndarray:
+        """``method`` on ``grid`` from the seed's noise (flow: the α = 0 entry step first)."""
+        noise = self.noise(seed)
+        out = []
+        for lo in range(0, noise.shape[0], 256):
+            x = noise[lo:lo + 256]
+            eps = self.eps_for(lo, lo + x.shape[0])
+            with torch.no_grad():
+                if self.flow:
+                    xN = self._entry(x, float(grid.sigma_bar[-1]))
+                    out.append(L.sample(eps, grid, method, xN, disable=True)
+                               / (1.0 + grid.sigma_bar[0]))
+                else:
+                    out.append(L.sample(eps, grid, method, x / float(vp_alpha(
+                        grid.sigma_bar[-1])), disable=True))
+        return torch.cat(out).numpy()
+
+    def _entry(self, x_top: torch.Tensor, sbar_n: float) -> torch.Tensor:
+        """The α = 0 entry step ``x̄_N = x̂_0 + σ̄_N ε̂`` (ε̂ = x_T, x̂_0 = x_T − v)."""
+        v = self.ode.velocity(x_top, 1.0)
+        return (x_top - v) + sbar_n * x_top
+
+    def candidate_grid(self, method: Any, n: int, warp: float) -> L.Grid:
+        """Our λ-warped grid for an NFE budget n (DDPM models: n steps snapped to timesteps,
+        as the library's designed grid is; flow: the entry step and n − 1 finite steps)."""
+        if self.flow:
+            sig = flow_sigmas(f"warp{warp}", n, self.ode)[1:][::-1]
+            return L.Grid(sig / (1.0 - sig))
+        return L.Grid(snap(ddpm_grid(f"warp{warp}", n, self.ode.sbar_table),
+                           self.ode.sbar_table))
+
+    def default_grid(self, n: int) -> tuple[Any, L.Grid]:
+        """The library's default exact configuration for n steps: ``(method, grid)``
+        (flow: its finite grid; the entry step is the run's first evaluation)."""
+        if self.flow:
+            ds = DiffusionSampler(self.ode.unet, self.ode.scheduler, n, grid="designed",
+                                  disable_progress=True)
+            return ds.method, ds.schedule.grid
+        sched = DDPMScheduler.from_pretrained(self.ode_dir())
+        ac = alphas_cumprod_from_config(sched)
+        d = default_design(n, ac)
+        return d.method, d.grid
+
+    def ode_dir(self) -> Path:
+        return REPO_ROOT / "models" / ("digits_cond" if self.model == "cond" else "digits_ddpm")
+
+
+def errors(x0: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    return S.per_sample_error(x0, ref)
+
+
+# ---------------------------------------------------------------------- phases
+def validate(b: Bench, out: Path, budgets: tuple[int, ...]) -> dict:
+    ref = b.reference(VAL_SEED, out)
+    idx = S.resample_index(ref.shape[0], 1000, VAL_SEED)
+    rows: dict[str, dict] = {}
+    fams = FLOW_FAMILIES if b.flow else DDPM_FAMILIES
+    for spec in S.peer_specs():
+        for fam in fams:
+            for n in budgets:
+                t0 = time.time()
+                try:
+                    e = errors(b.run_peer(spec, fam, n, VAL_SEED), ref)
+                    st = S.summarise_errors(e, idx)
+                except (ValueError, FloatingPointError) as exc:
+                    st = dict(median=float("inf"), note=str(exc)[:80])
+                rows[f"{spec.name}|{fam}|{n}"] = st
+                print(f"  val {spec.name:18s} {fam:14s} {n:4d}: {st['median']:.3e} "
+                      f"({time.time() - t0:.0f} s)", flush=True)
+    for name, warp in CANDIDATES:
+        m = L.method_from_name(name)
+        for n in budgets:
+            if n <= m.k + 1:
+                continue
+            t0 = time.time()
+            try:
+                grid = b.candidate_grid(m, n, warp)
+                e = errors(b.run_ours(m, grid, VAL_SEED), ref)
+                st = S.summarise_errors(e, idx)
+                st["R"] = m.roundoff_amplification(grid)
+            except (ValueError, FloatingPointError, L.SolverInstabilityError) as exc:
+                st = dict(median=float("inf"), note=str(exc)[:80])
+            rows[f"{name}@{warp}|ours|{n}"] = st
+            print(f"  val {name}@{warp:<5} {n:4d}: {st['median']:.3e} "
+                  f"R {st.get('R', float('nan')):.1e} ({time.time() - t0:.0f} s)", flush=True)
+    best = {}
+    for spec in S.peer_specs():
+        for n in budgets:
+            cands = {f: rows[f"{spec.name}|{f}|{n}"]["median"] for f in fams}
+            best[f"{spec.name}|{n}"] = min(cands, key=cands.get)
+    rec = dict(model=b.model, seed=VAL_SEED, n=ref.shape[0], budgets=list(budgets), rows=rows,
+               best_family=best, candidates=[list(c) for c in CANDIDATES])
+    rec["rule_scores"] = score_rules(rec)
+    (out / f"exponential_bench_{b.model}.val.json").write_text(json.dumps(rec, indent=1))
+    return rec
+
+
+def score_rules(rec: dict) -> list[dict]:
+    """Every rule "ebelm3 with warp w3 below N_s steps, ebelm5 with warp w5 from N_s": its
+    worst log-ratio to the best peer's median over the budgets (lower is better)."""
+    budgets = rec["budgets"]
+    rows = rec["rows"]
+    peer_best = {n: min(rows[f"{s.name}|{rec['best_family'][f'{s.name}|{n}']}|{n}"]["median"]
+                        for s in S.peer_specs()) for n in budgets}
+
+    def med(name: str, w: float, n: int) -> float:
+        r = rows.get(f"{name}@{w}|ours|{n}")
+        return float("inf") if r is None else r["median"]
+
+    out = []
+    warps = sorted({w for _, w in CANDIDATES})
+    for ns in (12, 15, 20, 25, 30):
+        for w3 in warps:
+            for w5 in warps:
+                ratios = [med("ebelm3" if n < ns else "ebelm5", w3 if n < ns else w5, n)
+                          / peer_best[n] for n in budgets]
+                out.append(dict(switch=ns, warp3=w3, warp5=w5,
+                                worst=float(np.max(np.log(ratios))),
+                                ratios=[float(r) for r in ratios]))
+    return sorted(out, key=lambda r: r["worst"])
+
+
+def test(b: Bench, out: Path, budgets: tuple[int, ...], n_rt: int) -> dict:
+    val = json.loads((out / f"exponential_bench_{b.model}.val.json").read_text())
+    ref = b.reference(TEST_SEED, out)
+    idx = S.resample_index(ref.shape[0], 2000, TEST_SEED)
+    rows = []
+    for spec in S.peer_specs():
+        for n in budgets:
+            fam = val["best_family"].get(f"{spec.name}|{n}") or _nearest_family(val, spec, n)
+            t0 = time.time()
+            e = errors(b.run_peer(spec, fam, n, TEST_SEED), ref)
+            st = S.summarise_errors(e, idx)
+            rows.append(dict(sampler=spec.name, family=fam, nfe=n, **st))
+            print(f"  test {spec.name:18s} {fam:14s} {n:4d}: {st['median']:.3e} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+    for n in budgets:
+        t0 = time.time()
+        method, grid = b.default_grid(n)
+        e = errors(b.run_ours(method, grid, TEST_SEED), ref)
+        st = S.summarise_errors(e, idx)
+        rows.append(dict(sampler="default (ours)", family=method.name, nfe=n,
+                         R=method.roundoff_amplification(grid), **st))
+        print(f"  test default {method.name:10s} {n:4d}: {st['median']:.3e} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+    rt = roundtrips(b, [n for n in budgets if n in TABLE_BUDGETS or n in (12, 15, 30)], n_rt)
+    rec = dict(model=b.model, seed=TEST_SEED, val_seed=VAL_SEED, n=ref.shape[0],
+               budgets=list(budgets), rows=rows, roundtrip=rt, slopes=slopes(rows))
+    (out / f"exponential_bench_{b.model}.json").write_text(json.dumps(rec, indent=1))
+    return rec
+
+
+def _nearest_family(val: dict, spec: S.SamplerSpec, n: int) -> str:
+    """A budget the validation did not run: the family validated at the nearest budget."""
+    ns = sorted(val["budgets"], key=lambda m: abs(math.log(m / n)))
+    return val["best_family"][f"{spec.name}|{ns[0]}"]
+
+
+def roundtrips(b: Bench, budgets: list[int], n_rt: int) -> list[dict]:
+    """Round trips of held-out digits with the default, and the latent's std ratio."""
+    x, y = load_digits_split("test")
+    x0 = x[:n_rt].double()
+    out = []
+    for n in budgets:
+        method, grid = b.default_grid(n)
+        if b.model == "cond":
+            eps = b.ode.with_labels(y[:n_rt].long())
+        else:
+            eps = b.ode.eps_bar if b.flow else b.ode
+        xb = x0 / float(grid.alphas[0]) if b.flow else x0
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", L.ExactnessWarning)
+            lat = L.invert(eps, grid, method, xb, disable=True)
+            rec = L.sample(eps, grid, method, lat, disable=True)
+        rel = ((rec - xb).flatten(1).norm(dim=1) / xb.flatten(1).norm(dim=1)).numpy()
+        ratio = float(lat.states[-1].std()) / float(grid.sigma_bar[-1])
+        out.append(dict(nfe=n, method=method.name, rel_median=float(np.median(rel)),
+                        rel_max=float(rel.max()), std_ratio=ratio,
+                        u_R=float(method.roundoff_amplification(grid) * 2.0**-53)))
+        print(f"  round trip {n:4d}: median {np.median(rel):.1e} max {rel.max():.1e} "
+              f"std ratio {ratio:.3f}", flush=True)
+    return out
+
+
+def slopes(rows: list[dict]) -> dict[str, float]:
+    """Least-squares slope of log median against log NFE over NFE 20…100."""
+    out = {}
+    for name in dict.fromkeys(r["sampler"] for r in rows):
+        pts = [(r["nfe"], r["median"]) for r in rows if r["sampler"] == name
+               and 20 <= r["nfe"] <= 100 and np.isfinite(r["median"])]
+        if len(pts) >= 3:
+            n, e = np.log(np.array(pts)).T
+            out[name] = float(-np.polyfit(n, e, 1)[0])
+    return out
+
+
+# ------------------------------------------------------------------- report
+def render(rec: dict) -> str:
+    rows = rec["rows"]
+    names = list(dict.fromkeys(r["sampler"] for r in rows))
+    budgets = [b for b in rec["budgets"] if b in TABLE_BUDGETS]
+    by = {(r["sampler"], r["nfe"]): r for r in rows}
+    lines = [f"# Exponential BELMs vs UniPC and DPM-Solver++ — {rec['model']}", "",
+             f"Test seed {rec['seed']} ({rec['n']} noises); every constant (peers' grids, "
+             f"our rule) chosen on validation seed {rec['val_seed']}.  Median per-sample "
+             "error [95 % bootstrap interval]; each peer on its validated best grid family "
+             "per budget (in parentheses).", ""]
+    hdr = ["sampler"] + [f"NFE {b}" for b in budgets]
+    body = []
+    for nm in names:
+        cells = [nm]
+        for b in budgets:
+            r = by.get((nm, b))
+            cells.append("—" if r is None else
+                         f"{r['median']:.2e} [{r['median_lo']:.2e}, {r['median_hi']:.2e}] "
+                         f"({r['family']})")
+        body.append(cells)
+    lines.append(markdown_table(hdr, body))
+    lines += ["", "RMS over samples [95 % interval]:", ""]
+    lines.append(markdown_table(hdr, [[nm] + [
+        "—" if (nm, b) not in by else
+        f"{by[(nm, b)]['rms']:.2e} [{by[(nm, b)]['rms_lo']:.2e}, {by[(nm, b)]['rms_hi']:.2e}]"
+        for b in budgets] for nm in names]))
+    lines += ["", "Fitted convergence slopes (log median vs log NFE, NFE 20…100): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in rec["slopes"].items()), "",
+              "Round trips of held-out digits (float64 state) and the latent's std ratio:", ""]
+    lines.append(markdown_table(
+        ["NFE", "method", "median rel. error", "max", "std(x̄_N)/σ̄_N", "u·R"],
+        [[r["nfe"], r["method"], f"{r['rel_median']:.1e}", f"{r['rel_max']:.1e}",
+          f"{r['std_ratio']:.3f}", f"{r['u_R']:.1e}"] for r in rec["roundtrip"]]))
+    return "\n".join(lines) + "\n"
+
+
+def plot(rec: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for nm in dict.fromkeys(r["sampler"] for r in rec["rows"]):
+        rs = sorted((r for r in rec["rows"] if r["sampler"] == nm), key=lambda r: r["nfe"])
+        nfe = [r["nfe"] for r in rs]
+        ax.fill_between(nfe, [r["median_lo"] for r in rs], [r["median_hi"] for r in rs],
+                        alpha=0.2)
+        ax.plot(nfe, [r["median"] for r in rs], "o-", ms=3,
+                label=f"{nm} (slope {rec['slopes'].get(nm, float('nan')):.2f})")
+    ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="median error",
+           title=f"{rec['model']}: test seed {rec['seed']}")
+    S.nfe_ticks(ax)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=("ddpm", "cond", "flow"), default="ddpm")
+    p.add_argument("--phase", choices=("val", "test", "report"), default="test")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--n-val", type=int, default=128)
+    p.add_argument("--n-test", type=int, default=512)
+    p.add_argument("--n-rt", type=int, default=360)
+    p.add_argument("--budgets", type=int, nargs="+", default=None)
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    b = Bench(args.model, args.n_val, args.n_test)
+    if args.phase == "val":
+        rec = validate(b, args.out, tuple(args.budgets or SWEEP))
+        for r in rec["rule_scores"][:5]:
+            print("  rule", r["switch"], r["warp3"], r["warp5"], f"worst {r['worst']:.3f}",
+                  " ".join(f"{x:.2f}" for x in r["ratios"]))
+        print(f"  library default: {default_method().name}", flush=True)
+        return rec
+    if args.phase == "test":
+        rec = test(b, args.out, tuple(args.budgets or SWEEP), args.n_rt)
+    else:
+        rec = json.loads((args.out / f"exponential_bench_{b.model}.json").read_text())
+    (args.out / f"exponential_bench_{b.model}.md").write_text(render(rec))
+    plot(rec, args.out / f"exponential_bench_{b.model}.png")
+    return rec
+
+
+if __name__ == "__main__":
+    main()
