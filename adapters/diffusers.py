@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmsolvers.defaultconfig import WARP, default_warp
 from lmsolvers.defaultconfig import default_method as _default_method
+from lmsolvers.defaultconfig import default_warp, regime_warp
 from lmsolvers.exponential import ExponentialLMMethod
 from lmsolvers.grid import Grid, vp_alpha
 from lmsolvers.griddesign import GridDesign, design_schedule_grid
@@ -82,17 +82,17 @@ __all__ = [
 
 def default_method(n: int) -> Any:
     """The default exact configuration's method for ``n`` steps: the designed exponential
-    BELM of :func:`lmsolvers.defaultconfig.default_method` (``ebelm3`` for few steps,
-    ``ebelm5`` from :data:`~lmsolvers.defaultconfig.SWITCH_STEPS`; docs/design.md §12)."""
+    BELM of :func:`lmsolvers.defaultconfig.default_method` (``ebelm3`` for few and for
+    many steps, ``ebelm5`` between; docs/design.md §12)."""
     return _default_method(n)
 
 
 def _warp_for(method: Any, n: int) -> float:
-    """The λ-warp of ``method``'s designed grid: the default's for the default method, the
-    default's warp of its k for another exponential BELM, log-uniform otherwise."""
+    """The λ-warp of ``method``'s designed grid (:func:`lmsolvers.defaultconfig.regime_warp`;
+    the default's for the default method)."""
     if n >= 2 and method is _default_method(n):
         return default_warp(n)
-    return WARP.get(method.k, 1.0)
+    return regime_warp(method.k, n)
 
 
 def default_design(n: int, alphas_cumprod: Sequence[float] | np.ndarray,

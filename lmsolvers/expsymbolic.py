@@ -115,6 +115,7 @@ class ExpMoment(sp.Function):
 
     @classmethod
     def eval(cls, l, L):  # noqa: E741 - the moment's order, as in the formulas
+        """sympy's automatic evaluation: ``E_l(0) = 0``; otherwise stays an atom."""
         if not (l.is_Integer and l >= 0):
             raise ValueError(f"ExpMoment needs an integer order l ≥ 0, got {l}")
         if L.is_zero:

@@ -85,6 +85,18 @@ def test_bitwise_roundtrip_two_step(method, grid, dtype, seed, shape):
     check_roundtrip(method, grid, dtype, seed, shape)
 
 
+@pytest.mark.parametrize("name", ["ebelm3", "ebelm5"])
+@settings(max_examples=10, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), dtype=dtypes, seed=st.integers(0, 10_000), shape=shapes)
+def test_bitwise_roundtrip_exponential(name, data, dtype, seed, shape):
+    """Exponential BELMs (docs/design.md §12) run the same integer arithmetic: their σ̄-form
+    coefficients, the landing onto σ̄ = 0 and the implicit first inversion step included."""
+    m = L.method_from_name(name)
+    grid = data.draw(grids(m.k + 2, 40, jitter=0.3))
+    check_roundtrip(m, grid, dtype, seed, shape)
+
+
 @pytest.mark.parametrize("k", [3, 4])
 @SETTINGS
 @given(data=st.data(), dtype=dtypes, seed=st.integers(0, 10_000), shape=shapes)

@@ -69,7 +69,7 @@ def _random_grid(data, n: int) -> L.Grid:
 
 
 METHODS = ["obelm", "bdia", "bdia(0.8)", "belm2", "belm3", "obelm-landing(0.1)",
-           "edict(0.9)", "edict(0.93, alternate)"]
+           "edict(0.9)", "edict(0.93, alternate)", "ebelm3", "ebelm4"]
 
 
 @given(data=st.data(), method=st.sampled_from(METHODS), n=st.integers(4, 12),

@@ -55,7 +55,8 @@ def loop(sched, x, timesteps=None):
 
 # ------------------------------------------------------------------ config save/load
 @pytest.mark.parametrize("cls", [BELMScheduler, BELMInverseScheduler])
-@pytest.mark.parametrize("method", ["obelm", "ddim", "bdia(0.5)", "obelm-landing(0.1)"])
+@pytest.mark.parametrize("method", ["obelm", "ddim", "bdia(0.5)", "obelm-landing(0.1)",
+                                    "ebelm3(eps, 0.5)"])
 def test_save_pretrained_round_trip_keeps_config_method_and_steps(tmp_path, cls, method):
     s = cls(**SD_SCHEDULER_CONFIG)
     s.set_method(method)
@@ -479,12 +480,13 @@ def digits():
     return model, cfg, x0
 
 
-@pytest.mark.parametrize("n", [10, 20])
-def test_ddim_inverse_workflow_on_the_digits_model(digits, n):
+@pytest.mark.parametrize("n,method", [(10, "obelm"), (20, "obelm"), (12, "ebelm3"),
+                                      (20, "ebelm3")])
+def test_ddim_inverse_workflow_on_the_digits_model(digits, n, method):
     """Invert with BELMInverseScheduler, pass its last output as the pipeline's latents."""
     model, cfg, x0 = digits
-    inv = BELMInverseScheduler.from_config(cfg)
-    fwd = BELMScheduler.from_config(cfg)
+    inv = BELMInverseScheduler.from_config(cfg, method=method)
+    fwd = BELMScheduler.from_config(cfg, method=method)
     inv.set_timesteps(n)
     fwd.set_timesteps(n)
     x_T = _invert(inv, x0, model)
