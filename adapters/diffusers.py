@@ -80,19 +80,20 @@ __all__ = [
 ]
 
 
-def default_method(n: int) -> Any:
-    """The default exact configuration's method for ``n`` steps: the designed exponential
-    BELM of :func:`lmsolvers.defaultconfig.default_method` (``ebelm3`` for few and for
-    many steps, ``ebelm5`` between; docs/design.md §12)."""
-    return _default_method(n)
+def default_method(n: int, flow: bool = False) -> Any:
+    """The default exact configuration's method for ``n`` steps (``flow``: the finite steps
+    of a flow schedule): the designed exponential BELM of
+    :func:`lmsolvers.defaultconfig.default_method` (``ebelm3`` for few and for many steps,
+    ``ebelm5`` between; docs/design.md §12)."""
+    return _default_method(n, flow)
 
 
-def _warp_for(method: Any, n: int) -> float:
+def _warp_for(method: Any, n: int, flow: bool = False) -> float:
     """The λ-warp of ``method``'s designed grid (:func:`lmsolvers.defaultconfig.regime_warp`;
     the default's for the default method)."""
-    if n >= 2 and method is _default_method(n):
-        return default_warp(n)
-    return regime_warp(method.k, n)
+    if n >= 2 and method is _default_method(n, flow):
+        return default_warp(n, flow)
+    return regime_warp(method.k, n, flow)
 
 
 def default_design(n: int, alphas_cumprod: Sequence[float] | np.ndarray,
@@ -114,15 +115,16 @@ def default_design(n: int, alphas_cumprod: Sequence[float] | np.ndarray,
 def designed_flow_schedule(stock: Schedule, method: Any, n: int) -> Schedule:
     """The default configuration's schedule on a flow config: the stock schedule's α = 0 top
     node, least noisy node and noisiest finite node, with the finite nodes between placed on
-    ``method``'s λ-warped grid (:func:`lmsolvers.loggrid.log_nodes`) — the same count, so a
-    run makes the stock pipeline's number of model calls; timesteps ``σ·T`` in float32 as
-    the stock scheduler's."""
+    ``method``'s λ-warped grid (:func:`lmsolvers.loggrid.log_nodes`; its warp for ``n``
+    model calls, the count :data:`~lmsolvers.defaultconfig.FLOW_REGIMES` uses) — the same
+    count, so a run makes the stock pipeline's number of model calls; timesteps ``σ·T`` in
+    float32 as the stock scheduler's."""
     g = stock.grid
     if not stock.flow or g.N < 2 or g.sigma_bar[0] != 0.0:
         return stock
     T = float(g.timesteps[-1] / (1.0 - g.alphas[-1]))  # σ·T at the noisiest finite node
     sb = np.concatenate([[0.0], log_nodes(g.N, float(g.sigma_bar[-1]), float(g.sigma_bar[1]),
-                                          _warp_for(method_from_name(method), n))])
+                                          _warp_for(method_from_name(method), n, True))])
     sig = sb / (1.0 + sb)
     t = (sig * T).astype(np.float32).astype(np.float64)
     return dataclasses.replace(stock, grid=Grid(sb, timesteps=t, alphas=1.0 - sig))
@@ -620,8 +622,8 @@ class DiffusionSampler:
                 or denoising_end is not None
             grid = "scheduler" if explicit else "designed"
         if method is None:
-            method = default_method(self._steps(scheduler, n)) if grid == "designed" \
-                else "obelm"
+            method = default_method(self._steps(scheduler, n), self.flow) \
+                if grid == "designed" else "obelm"
         self.method = method_from_name(method)
         self.design: GridDesign | None = None
         self._design_flow = False
@@ -689,7 +691,7 @@ class DiffusionSampler:
     def _schedule(self, mu: float | None) -> Schedule:
         sch = schedule_from_scheduler(self.scheduler, **self._sched_args, mu=mu)
         if self._design_flow:
-            return designed_flow_schedule(sch, self.method, sch.grid.N)
+            return designed_flow_schedule(sch, self.method, sch.num_model_calls)
         start, end = self._cut
         if start is not None or end is not None:
             T = int(_config_of(self.scheduler).get("num_train_timesteps", 1000))
@@ -698,11 +700,11 @@ class DiffusionSampler:
 
     @staticmethod
     def _steps(scheduler: Any, n: int | None) -> int:
-        """Steps of the default configuration: n (a flow schedule: its n − 1 finite steps
-        below the α = 0 entry node)."""
+        """Steps of the default configuration: the pipeline's n (for a flow schedule the
+        model calls, the α = 0 entry step included, as :data:`FLOW_REGIMES` counts)."""
         if n is None:
             raise ValueError("the default configuration needs num_inference_steps")
-        return n - 1 if is_flow_config(scheduler) else n
+        return n
 
     def mu_for(self, x: torch.Tensor) -> float | None:
         """The pipeline's ``mu`` for latents ``x`` (``None`` unless the config shifts

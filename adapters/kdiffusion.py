@@ -372,7 +372,9 @@ def sample(model: Callable[..., torch.Tensor], x: torch.Tensor | Latent, sigmas:
     adapter = _adapter(model, model_sampling, extra_args, sigma_min)
     nodes = _Nodes(sigmas, adapter.model_sampling, need_descending=True)
     eps, grid = adapter.bind(nodes)
-    integ = method_from_name(default_method(max(grid.N, 3)) if method is None else method)
+    integ = method_from_name(default_method(max(grid.N + (nodes.top_sigma is not None), 3),
+                                            adapter.model_sampling == "const")
+                             if method is None else method)
     latent = _start_state(x)
     top = nodes.top_sigma is not None
     if latent is not None:
@@ -418,7 +420,9 @@ def invert(model: Callable[..., torch.Tensor], x0: torch.Tensor, sigmas: Any,
     adapter = _adapter(model, model_sampling, extra_args, sigma_min)
     nodes = _Nodes(sigmas, adapter.model_sampling, need_descending=False)
     eps, grid = adapter.bind(nodes)
-    integ = method_from_name(default_method(max(grid.N, 3)) if method is None else method)
+    integ = method_from_name(default_method(max(grid.N + (nodes.top_sigma is not None), 3),
+                                            adapter.model_sampling == "const")
+                             if method is None else method)
     check_state(x0, "x0")
     xbar0 = x0 if adapter.model_sampling == "eps" else x0 / float(grid.alphas[0])
     reporter = None if callback is None else _Reporter(callback, eps, nodes, grid, 0)

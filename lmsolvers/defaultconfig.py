@@ -22,11 +22,14 @@ from .expdesign import ebelm
 from .families import obelm
 from .method import LMMethod
 
-__all__ = ["REGIMES", "default_method", "default_warp", "regime_warp"]
+__all__ = ["REGIMES", "FLOW_REGIMES", "default_method", "default_warp", "regime_warp"]
 
 #: ``(first N, k, warp)``: from N steps on, the designed ``ebelm<k>`` on the grid with that
-#: λ-warp (1 = log-uniform; < 1: longer steps at high noise)
+#: λ-warp (1 = log-uniform; < 1: longer steps at high noise) — DDPM-family schedules
 REGIMES = ((3, 3, 0.75), (15, 5, 0.8), (120, 3, 1.0))
+#: the same for flow schedules (N: the pipeline's steps, i.e. model calls, the α = 0 entry
+#: step included), chosen on the digits rectified-flow model's validation set
+FLOW_REGIMES = ((3, 3, 1.0), (20, 5, 1.1), (120, 3, 1.0))
 
 
 def _check(n: int) -> int:
@@ -36,27 +39,32 @@ def _check(n: int) -> int:
     return n
 
 
-def _regime(n: int) -> tuple[int, int, float]:
-    return [r for r in REGIMES if r[0] <= n][-1]
+def _regimes(flow: bool) -> tuple[tuple[int, int, float], ...]:
+    return FLOW_REGIMES if flow else REGIMES
 
 
-def default_method(n: int) -> LMMethod:
-    """The default exact method for ``n`` steps (:data:`REGIMES`; O-BELM for 2 steps, too
-    few for a three-step method)."""
+def _regime(n: int, flow: bool) -> tuple[int, int, float]:
+    return [r for r in _regimes(flow) if r[0] <= n][-1]
+
+
+def default_method(n: int, flow: bool = False) -> LMMethod:
+    """The default exact method for ``n`` steps (:data:`REGIMES`; :data:`FLOW_REGIMES` for a
+    flow schedule's n model calls; O-BELM for 2 steps, too few for a three-step method)."""
     n = _check(n)
-    return obelm() if n < REGIMES[0][0] else ebelm(_regime(n)[1])
+    return obelm() if n < _regimes(flow)[0][0] else ebelm(_regime(n, flow)[1])
 
 
-def default_warp(n: int) -> float:
+def default_warp(n: int, flow: bool = False) -> float:
     """The λ-warp of the default grid for ``n`` steps (log-uniform for 2 steps)."""
     n = _check(n)
-    return 1.0 if n < REGIMES[0][0] else _regime(n)[2]
+    return 1.0 if n < _regimes(flow)[0][0] else _regime(n, flow)[2]
 
 
-def regime_warp(k: int, n: int) -> float:
+def regime_warp(k: int, n: int, flow: bool = False) -> float:
     """The warp for a k-step exponential BELM chosen explicitly for ``n`` steps: the
     default's when the default at n has the same k, else that of the first regime with
     this k, else log-uniform."""
-    if n >= REGIMES[0][0] and _regime(n)[1] == k:
-        return _regime(n)[2]
-    return next((w for _, kk, w in REGIMES if kk == k), 1.0)
+    regimes = _regimes(flow)
+    if n >= regimes[0][0] and _regime(n, flow)[1] == k:
+        return _regime(n, flow)[2]
+    return next((w for _, kk, w in regimes if kk == k), 1.0)

@@ -209,7 +209,8 @@ def _snap(k: int, ts: tuple, g_opt: float, err_opt: float) -> tuple:
 def ebelm(k: int, landing: str = "adams", landing_gamma: float = 1.0
           ) -> ExponentialLMMethod:
     """The designed k-step exponential BELM (:func:`exp_design`), order k − 1 on any grid,
-    with the exponential Adams–Bashforth starter and the landing onto σ̄ = 0 of
+    with the exponential Adams–Bashforth starter of order up to k − 1 (starting values as
+    accurate as the method, docs/design.md §3) and the landing onto σ̄ = 0 of
     :func:`~lmsolvers.exponential.landing_relation` (default ``"adams"``, ``γ = 1``)."""
     d = exp_design(k)
     suffix = "" if (landing, float(landing_gamma)) == ("adams", 1.0) \
@@ -217,5 +218,5 @@ def ebelm(k: int, landing: str = "adams", landing_gamma: float = 1.0
     info = MethodInfo(order=k - 1, design=f"exponential BELM, t = {list(d.t)}, "
                       f"inversion growth exponent {d.growth_exponent:.3f}",
                       equal_step_a=tuple(d.a))
-    return exponential_method(f"ebelm{k}{suffix}", d.a, landing=landing,
+    return exponential_method(f"ebelm{k}{suffix}", d.a, starter="eab", landing=landing,
                               landing_gamma=landing_gamma, info=info)

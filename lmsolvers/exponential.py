@@ -19,27 +19,32 @@ evaluates the compiled relation on the grid's log-steps.
 **Landing on σ̄ = 0.**  At ``σ̄_r = 0`` (λ = ∞) the relation degenerates (``a_k σ̄_r/σ̄_{r+k}``
 vanishes: not invertible).  The step onto a clean node is therefore its own relation, the
 frozen-data-prediction step ``x̄_0 = D_1`` (DDIM's, DPM-Solver++'s and UniPC's last step;
-exact where D is constant below ``σ̄_1``) plus ``γ`` times a *defect* that vanishes on the
-exact solution where D (``landing="data"``) or ε̄ (``"eps"``) is constant on
-``[σ̄_1, σ̄_k]`` and that holds ``x̄_k``:
+exact where D is constant below ``σ̄_1``) plus ``γ`` times a *defect* across nodes 1..k that
+vanishes on the exact solution to some order and holds ``x̄_k``
+(:func:`landing_relation`):
 
-* ``"data"``: ``x̄_0 = D_1 − γ (x̄_1 − z x̄_k − (1 − z) D_1)``, ``z = σ̄_1/σ̄_k``;
-* ``"eps"``: ``x̄_0 = D_1 + γ (x̄_k − x̄_1 − (σ̄_k − σ̄_1) ε̄_1)``.
+* ``"adams"`` (the designs' default, γ = 1): the defect of
+  ``ȳ_1 = ȳ_k + e^{λ_1} Σ_{m<k} w_m D_m``, exact for D of degree ≤ k − 2 in λ;
+* ``"data"``: the same with D held constant, ``x̄_1 − z x̄_k − (1 − z) D_1``, ``z = σ̄_1/σ̄_k``;
+* ``"eps"``: the Euler defect in σ̄, ``x̄_k − x̄_1 − (σ̄_k − σ̄_1) ε̄_1``.
 
-Both are explicit both ways with ``x̄_k``-weight ``γ z`` resp. ``γ``, so inversion divides by
-that once (the round-off amplification reports it).
+All are explicit both ways; inversion divides once by the ``x̄_k``-weight (``γ z`` or ``γ``).
 
 **Starters.**  ``"eab2"``: sampling from ``x̄_N`` fills nodes ``N−1 … N−k+1`` with the
 exponential Adams–Bashforth steps of order 1 (DDIM) then 2 (:func:`exp_adams`), one
-network evaluation per node, all at grid nodes (so a pipeline loop can run it); upwards
-(the approximate start of an inversion, docs/design.md §3) it is DDIM.  ``"ddim"`` and
-``"rk4"`` as for every LM method.
+network evaluation per node, all at grid nodes (so a pipeline loop can run it).  Upwards
+(the free start of an inversion, docs/design.md §3) the step off a clean node solves the
+landing's frozen prediction backwards, ``D(x̄_1, σ̄_1) = x̄_0``, by fixed-point iteration
+(:data:`IMPLICIT_ITERATIONS` extra evaluations), then DDIM: starting on the solution keeps
+the parasitic modes unexcited and the latent noise-like.  ``"ddim"`` and ``"rk4"`` as for
+every LM method.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
 from typing import Any
@@ -49,7 +54,8 @@ import sympy as sp
 import torch
 
 from .analysis import ZETA, RootInfo, roots_of
-from .engine import Window, combine, starter_step
+from .engine import Run, Window, combine, starter_step
+from .exactness import ExactnessWarning
 from .expsymbolic import (
     NUMERIC_MODULES,
     compile_relation,
@@ -64,6 +70,7 @@ from .expsymbolic import (
     solve_exp_order_conditions,
 )
 from .grid import Grid
+from .latent import Latent
 from .method import S0, LMMethod, MethodInfo, StepCoefficients, nonvanishing, step_symbols
 from .parasitic import gaussian_growth
 from .symbolic import offsets
@@ -74,9 +81,12 @@ __all__ = ["ExponentialLMMethod", "ExpAnalysis", "exponential_method", "LANDINGS
 #: how the step onto σ̄ = 0 is made (module docstring)
 LANDINGS = ("adams", "data", "eps")
 #: starters of exponential methods
-STARTERS = ("eab2", "ddim", "rk4")
+STARTERS = ("eab2", "eab", "ddim", "rk4")
 #: fixed-point iterations of the implicit first inversion step (``starter="eab2"``)
 IMPLICIT_ITERATIONS = 4
+#: a latent whose top state is this many times the solution's scale sqrt(1 + σ̄_N²) is
+#: reported (ExactnessWarning): far from noise-like, and carrying more round-off than R says
+LATENT_SCALE_WARNING = 10.0
 #: data scales of the Gaussian test problems that measure growth (docs/design.md §12):
 #: directions with standard deviation from 1e-3 to 1, that of data in [−1, 1] (the
 #: diffusion convention; data of larger scale need their own bound)
@@ -276,6 +286,27 @@ class ExponentialLMMethod(LMMethod):
         a = [-c for c in rho.all_coeffs()[1:]]
         return growth_parameters(a)
 
+    def latent(self, run: Run, plan: StepCoefficients,
+               context: Mapping[str, Any] | None) -> Latent:
+        """The k noisiest states; warns when the top state is far beyond the solution's
+        scale (:data:`LATENT_SCALE_WARNING`): the inversion's starter excited parasitic
+        modes that grew (a grid whose first λ-steps are very long, e.g. 'leading' spacing
+        with few steps), so the latent is not noise-like and its round trip carries more
+        round-off than :meth:`roundoff_amplification` assumes (docs/design.md §12)."""
+        lat = super().latent(run, plan, context)
+        top = lat.states[-1]
+        scale = float(np.sqrt(1.0 + float(run.grid.sigma_bar[-1]) ** 2))
+        ratio = float(top.detach().double().std()) / scale if top.numel() > 1 else 0.0
+        if ratio > LATENT_SCALE_WARNING:
+            warnings.warn(
+                f"the latent of {self.name!r} on this grid (N = {run.grid.N}) is {ratio:.3g}× "
+                "the noise scale at its top node: the inversion's start excited parasitic "
+                "modes (long first λ-steps), so it is a poor latent for editing and its round "
+                "trip may carry more round-off than predicted. Use a grid with shorter steps "
+                "near the data (lmsolvers.loggrid, DiffusionSampler's designed grid) or "
+                "O-BELM", ExactnessWarning, stacklevel=4)
+        return lat
+
     # ---------------------------------------------------- growth on a grid
     def _growth(self, grid: Grid) -> list[tuple[float, float, float]]:
         c = self.coefficients(grid)
@@ -316,9 +347,8 @@ class ExponentialLMMethod(LMMethod):
         args = (_S1, _SK, *log_step_symbols(max(self.k - 1, 1)))
         return sp.lambdify(args, A + W, modules=NUMERIC_MODULES)
 
-    @cached_property
-    def _adams2(self):
-        return compile_relation(*exp_adams(2))
+    def _adams(self, p: int):
+        return _compiled_adams(p)
 
     def coefficients(self, grid: Grid) -> StepCoefficients:
         """The σ̄-form coefficients of every step of ``grid`` (module docstring); the step
@@ -352,23 +382,34 @@ class ExponentialLMMethod(LMMethod):
         return StepCoefficients(a=a, bh=bh)
 
     def starter_state(self, w: Window, m: int, target: int) -> torch.Tensor:
-        """Sampling (``target = m − 1``) with ``"eab2"``: the exponential Adams–Bashforth
-        step of order 2 from nodes m and m+1 when node m+1 is in the window (else DDIM);
-        onto σ̄ = 0 and upwards DDIM (module docstring)."""
-        if self.starter != "eab2":
+        """Sampling (``target = m − 1``) with ``"eab2"``/``"eab"``: the exponential
+        Adams–Bashforth step (:func:`exp_adams`) from node m and the nodes above it in the
+        window, of order ≤ 2 (``"eab2"``) or ≤ k − 1 (``"eab"``; DDIM when only node m is
+        there); onto σ̄ = 0 DDIM; upwards the implicit first step, then DDIM (module
+        docstring)."""
+        if self.starter not in ("eab", "eab2"):
             return super().starter_state(w, m, target)
         s = w.sigma_bar
         if target == m + 1 and float(s[m]) == 0.0 and w.evaluate is not None:
             return self._implicit_first(w, m, target)
-        if target != m - 1 or (m + 1) not in w or float(s[target]) == 0.0:
+        if target != m - 1 or float(s[target]) == 0.0:
             return starter_step(w, "ddim", m, target)
-        l1 = float(np.log(s[m] / s[target]))
-        l2 = float(np.log(s[m + 1] / s[m]))
-        _, _, _, b1, b2 = (float(v) for v in self._adams2(l1, l2))
-        st, sm, sp1 = float(s[target]), float(s[m]), float(s[m + 1])
-        # x̄_t = (σ̄_t/σ̄_m) x̄_m + β_1 D_m + β_2 D_{m+1}, D = x̄ − σ̄ ε̄
-        return combine([(st / sm + b1, w[m]), (b2, w[m + 1]), (-b1 * sm, w.eps(m)),
-                        (-b2 * sp1, w.eps(m + 1))])
+        top = 2 if self.starter == "eab2" else self.k - 1
+        p = 1
+        while p < top and (m + p) in w:
+            p += 1
+        if p == 1:
+            return starter_step(w, "ddim", m, target)
+        nodes = [target] + [m + j for j in range(p)]
+        logs = [float(np.log(s[nodes[j + 1]] / s[nodes[j]])) for j in range(p)]
+        vals = [float(v) for v in self._adams(p)(*logs)]
+        beta = vals[p:]  # β_0..β_p; D at nodes m … m+p−1 (β_1..β_p)
+        st = float(s[target])
+        terms = [(st / float(s[m]), w[m])]
+        for j in range(1, p + 1):
+            node = m + j - 1
+            terms += [(beta[j], w[node]), (-beta[j] * float(s[node]), w.eps(node))]
+        return combine(terms)
 
     def _implicit_first(self, w: Window, m: int, target: int) -> torch.Tensor:
         """The first step of an inversion, off the clean node: the inverse of the landing's
@@ -431,3 +472,8 @@ def _analysis(m: ExponentialLMMethod) -> ExpAnalysis:
     rho = m.characteristic_polynomial()
     return ExpAnalysis(order=p, error_constant=C, order_equal=p_eq, leading_equal=lead,
                        rho=rho, roots=roots_of(rho), growth=m.growth)
+
+
+@cache
+def _compiled_adams(p: int):
+    return compile_relation(*exp_adams(p))

@@ -230,3 +230,40 @@ for k in (2, 3, 4, 5):
                             disable=True) - ref).abs().max()) for n in (10, 20, 40)]
     print(f"belm({k}): error at 10/20/40 steps " + ", ".join(f"{e:.1e}" for e in errs)
           + f";  backward amplification on SD-50 {L.amplification(m, sd):.1e}")
+
+# %% [markdown]
+# ## The same relations in data-prediction variables: exponential BELMs
+#
+# On a trained diffusion model the σ̄-ODE is stiff in $\bar x$ (in directions the data span
+# $\partial\bar\varepsilon/\partial\bar x \approx 1/\bar\sigma$), and every design above diverges
+# there. Written in $\bar y = \bar x/\bar\sigma$, $\lambda = -\log\bar\sigma$ and the data
+# prediction $D = \bar x - \bar\sigma\bar\varepsilon$, the flow is $d\bar y/d\lambda = e^\lambda D$,
+# whose Jacobian is a denoiser's (between 0 and 1). A k-step relation
+# $\bar y_r = \sum_j a_j \bar y_{r+j} + e^{\lambda_r}\sum_{m=1}^{k-1}\beta_m D_{r+m}$ with no $D$ at
+# either end is, node by node, a relation among $\bar x$'s and $\bar\varepsilon$'s: still a BELM
+# (docs/design.md §12). The weights are derived symbolically, exact for $D$ polynomial in
+# $\lambda$; the moments $E_l(L) = \int_{-L}^0 e^u u^l\,du$ stay atoms:
+
+# %%
+from lmsolvers.expsymbolic import exp_weights  # noqa: E402
+
+beta = exp_weights([-sp.Rational(2, 3), sp.Rational(2, 3), 1])
+print("beta_1 =", beta[1])
+m3 = L.ebelm(3)
+an3 = L.analyze(m3)
+print(f"{m3.name}: order {an3.order}, equal log-steps {an3.leading_term()}, "
+      f"bidirectional explicit {m3.is_bidirectional_explicit}")
+
+# %% [markdown]
+# What decides whether an exact inversion gives noise-like latents is the growth parameter
+# $\kappa_j$ of each parasitic root: inverting, a mode excited by a local error grows relative to
+# the solution by $\exp((1-\kappa_j)\int J\,d\lambda)$. For every BELM with simple roots
+# $\sum_j\kappa_j = 0$ (a short proof in `lmsolvers.expsymbolic.growth_parameters`), so some
+# parasitic $\kappa \le -1/(k-1)$: the designs minimise $g = \max(1-\kappa_j)$. Three steps reach
+# the bound ($\kappa = -1/2$ for both parasitic roots); Milne's $\zeta^4 - 1$ has
+# $\kappa = -5/3$ at $-1$:
+
+# %%
+print(L.exp_belm_table())
+for z, kap in L.ebelm(4).growth:
+    print(f"ebelm4 root {complex(z):.3f}: kappa = {kap.real:+.3f}")

@@ -13,8 +13,9 @@
 # `UNet2DModel` trained on scikit-learn's 8×8 digits, ε-prediction, 1000 training steps) to show the
 # library's central claim:
 #
-# * **sampling** with O-BELM is as cheap as DDIM (one network evaluation per step);
-# * **inverting** real, held-out digits with O-BELM and sampling back reproduces them to float64
+# * **sampling** with the default exact method is as cheap as DDIM (one network evaluation per
+#   step);
+# * **inverting** real, held-out digits with it and sampling back reproduces them to float64
 #   round-off (~1e-14), while the classic DDIM inversion drifts visibly;
 # * in **bit-exact mode** the round trip is bitwise identical, even in float32.
 #
@@ -63,9 +64,10 @@ def show(rows, titles, figsize=None):
 # %% [markdown]
 # ## Sampling
 #
-# `DiffusionSampler(unet, scheduler, N)` builds the σ̄ grid from the scheduler config (DDIM
-# 'leading' spacing here) and integrates with O-BELM by default. The solver state is float64;
-# the network sees `α x̄` cast to its own dtype (float32).
+# `DiffusionSampler(unet, scheduler, N)` runs the library's default exact configuration: an
+# exponential BELM in data-prediction variables (ebelm3 below 15 steps) on a grid of N integer
+# timesteps spaced in log σ̄ (docs/design.md §12). The solver state is float64; the network sees
+# `α x̄` cast to its own dtype (float32).
 
 # %%
 N = 20
@@ -75,13 +77,14 @@ x_T = torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype
 samples = sampler.sample(x_T)
 ddim_sampler = DiffusionSampler(unet, scheduler, N, method=L.ddim(), disable_progress=True)
 ddim_samples = ddim_sampler.sample(x_T)
-show([samples, ddim_samples], ["O-BELM", "DDIM"])
+show([samples, ddim_samples], [f"default ({sampler.method.name})", "DDIM"])
 
 # %% [markdown]
 # ## Inverting real digits
 #
-# Take eight digits from the held-out test split (never seen in training). O-BELM inversion returns
-# a `Latent`: the **k = 2 noisiest states** of the trajectory. Sampling from that latent runs the
+# Take eight digits from the held-out test split (never seen in training). Exact inversion returns
+# a `Latent`: the **k noisiest states** of the trajectory (k = 5 for the default at 20 steps,
+# `ebelm5`). Sampling from that latent runs the
 # very same linear relation backwards, so it reproduces the input. DDIM has no exact inverse; its
 # classic inversion (explicit Euler run *upwards*, `L.ddim_inversion`) evaluates ε at the lower
 # node where sampling uses the upper one, a different relation, and the reconstruction drifts.
@@ -93,38 +96,39 @@ print("labels:", y_test[:8].tolist())
 
 latent = sampler.invert(x0)
 print(type(latent).__name__, "with", latent.k, "states of shape", tuple(latent.x_N.shape))
-rec_obelm = sampler.sample(latent)
+rec_exact = sampler.sample(latent)
 
 a0 = float(sampler.grid.alphas[0])  # = 1 here: the grid ends on the clean image
 lat_ddim = L.ddim_inversion(sampler.eps, sampler.grid, x0 / a0, disable=True)
 rec_ddim = L.sample(sampler.eps, sampler.grid, L.ddim(), lat_ddim, disable=True) * a0
 
-print(f"max |error|  O-BELM: {float((rec_obelm - x0).abs().max()):.1e}   "
+print(f"max |error|  exact ({sampler.method.name}): {float((rec_exact - x0).abs().max()):.1e}   "
       f"DDIM inversion: {float((rec_ddim - x0).abs().max()):.2f}")
-show([x0, rec_ddim, (rec_ddim - x0).abs() * 2 - 1, rec_obelm, (rec_obelm - x0).abs() * 2 - 1],
-     ["real", "DDIM rec.", "|DDIM err|", "O-BELM rec.", "|O-BELM err|"])
+show([x0, rec_ddim, (rec_ddim - x0).abs() * 2 - 1, rec_exact, (rec_exact - x0).abs() * 2 - 1],
+     ["real", "DDIM rec.", "|DDIM err|", "exact rec.", "|exact err|"])
 
 # %% [markdown]
-# The O-BELM error map is blank: the reconstruction is the input to ~1e-14. Restarting from the
-# noisiest state `x_N` alone is *not* the inverse: the second state of the latent matters
-# (sampling from `x_N` alone computes it with a DDIM starter step instead). Real digits invert to
-# noise that is far from typical for this small model (standard deviation above 1), and from such
-# a start the missing state changes the result completely.
+# The exact error map is blank: the reconstruction is the input to ~1e-14. Restarting from the
+# noisiest state `x_N` alone is *not* the inverse: the other states of the latent matter
+# (sampling from `x_N` alone computes them with the starter instead), and from a real digit's
+# latent the difference is visible. The latent itself is noise-like: its standard deviation is
+# close to the exact flow's own inversion of these digits (about 1.2 times that of Gaussian
+# noise for this small model; docs/design.md §12 on why BELM latents can be far from it).
 
 # %%
 x_T_inv = sampler.noise_of(latent)
 from_x_N_only = sampler.sample(x_T_inv)
-print(f"from the full latent: {float((rec_obelm - x0).abs().max()):.1e}   "
+print(f"from the full latent: {float((rec_exact - x0).abs().max()):.1e}   "
       f"from x_N alone: {float((from_x_N_only - x0).abs().max()):.1f}")
 print(f"std of the inverted noise x_T: {float(x_T_inv.std()):.2f} (Gaussian noise: 1)")
 
 # %% [markdown]
 # ## Drift versus exactness, in numbers
 #
-# More steps shrink DDIM inversion's drift (it is an O(h) error), but never to zero; O-BELM's
-# reconstruction error stays at float64 round-off for every step count. The last column is the
-# grid's backward amplification (`L.amplification`): how much the parasitic mode, and hence the
-# round-off made during inversion, can grow on this grid, from nodes to noise.
+# More steps shrink DDIM inversion's drift (it is an O(h) error), but never to zero; the exact
+# sampler's reconstruction error stays at float64 round-off for every step count. The last column
+# is the method's backward amplification on its grid (`L.amplification`): how much a round-off
+# made during inversion can grow, relative to the solution, from nodes to noise.
 
 # %%
 rows = []
@@ -134,14 +138,14 @@ for n in (10, 20, 50):
     ld = L.ddim_inversion(s.eps, s.grid, x0, disable=True)
     rd = L.sample(s.eps, s.grid, L.ddim(), ld, disable=True)
     rows.append((n, float((rd - x0).pow(2).mean()), float((rd - x0).abs().max()), e_belm,
-                 L.amplification(L.obelm(), s.grid)))
-print(f"{'steps':>5} | {'DDIM MSE':>9} | {'DDIM max':>9} | {'O-BELM max':>10} | amplification")
+                 L.amplification(s.method, s.grid)))
+print(f"{'steps':>5} | {'DDIM MSE':>9} | {'DDIM max':>9} | {'exact max':>10} | amplification")
 for n, mse, mx, eb, amp in rows:
     print(f"{n:>5} | {mse:9.2e} | {mx:9.2e} | {eb:10.1e} | {amp:.1e}")
 
 fig, ax = plt.subplots(figsize=(4, 2.6))
 ax.semilogy([r[0] for r in rows], [r[2] for r in rows], "o-", label="DDIM inversion")
-ax.semilogy([r[0] for r in rows], [r[3] for r in rows], "s-", label="O-BELM")
+ax.semilogy([r[0] for r in rows], [r[3] for r in rows], "s-", label="exact (default)")
 ax.set_xlabel("steps")
 ax.set_ylabel("max |reconstruction error|")
 ax.legend(fontsize=8)

@@ -141,9 +141,9 @@ print("image", tuple(image.shape), "→ latents", tuple(z0.shape))
 # %% [markdown]
 # ## Exact inversion under the source prompt (with guidance)
 #
-# `DiffusionSampler` runs the library's default exact configuration (O-BELM with a damped
-# landing step, on a grid designed for the step count) with classifier-free guidance in one
-# batched UNet call per step.
+# `DiffusionSampler` runs the library's default exact configuration (an exponential BELM in
+# data-prediction variables on a log-σ̄ grid designed for the step count, docs/design.md §12)
+# with classifier-free guidance in one batched UNet call per step.
 # Its state is float64, so the round trip is exact to float64 round-off even through an fp16
 # UNet. The classic DDIM inversion on the same model, for comparison:
 

@@ -261,3 +261,14 @@ def test_relation_symbols_are_checked():
     with pytest.raises(ValueError, match="log-steps"):
         exponential_method("bad", (sp.Symbol("q"), 1 - sp.Symbol("q")))
     assert exp_lte_coefficients((1, 0), (0, 1, 0), 1)[0] == 0
+
+
+def test_a_latent_far_from_noise_is_reported():
+    """A grid whose first λ-step is very long (σ̄ 0.01 → 2) lets the starter excite the
+    parasitic modes: the inversion still round-trips, and says its latent is not noise-like."""
+    g = L.Grid(np.concatenate([[0.0, 0.01], np.geomspace(2.0, 8.0, 8)]))
+    x0 = GM.data(16, generator=torch.Generator().manual_seed(3)) * 3.0
+    with pytest.warns(L.ExactnessWarning, match="noise scale"):
+        lat = L.invert(GM.eps, g, ebelm(3, "data", 0.02), x0, disable=True)
+    rec = L.sample(GM.eps, g, ebelm(3, "data", 0.02), lat, disable=True)
+    assert float((rec - x0).abs().max()) <= 1e-9
