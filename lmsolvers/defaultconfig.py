@@ -29,7 +29,7 @@ __all__ = ["REGIMES", "FLOW_REGIMES", "default_method", "default_warp", "regime_
 REGIMES = ((3, 3, 0.75), (15, 5, 0.8), (120, 3, 1.0))
 #: the same for flow schedules (N: the pipeline's steps, i.e. model calls, the α = 0 entry
 #: step included), chosen on the digits rectified-flow model's validation set
-FLOW_REGIMES = ((3, 3, 1.0), (20, 5, 1.1), (120, 3, 1.0))
+FLOW_REGIMES = ((4, 3, 1.0), (20, 5, 1.1), (120, 3, 1.0))
 
 
 def _check(n: int) -> int:
@@ -49,13 +49,14 @@ def _regime(n: int, flow: bool) -> tuple[int, int, float]:
 
 def default_method(n: int, flow: bool = False) -> LMMethod:
     """The default exact method for ``n`` steps (:data:`REGIMES`; :data:`FLOW_REGIMES` for a
-    flow schedule's n model calls; O-BELM for 2 steps, too few for a three-step method)."""
+    flow schedule's n model calls; O-BELM below the first regime: 2 steps, or 2–3 model calls
+    of a flow schedule, whose α = 0 entry step leaves one step fewer for the method)."""
     n = _check(n)
     return obelm() if n < _regimes(flow)[0][0] else ebelm(_regime(n, flow)[1])
 
 
 def default_warp(n: int, flow: bool = False) -> float:
-    """The λ-warp of the default grid for ``n`` steps (log-uniform for 2 steps)."""
+    """The λ-warp of the default grid for ``n`` steps (log-uniform below the first regime)."""
     n = _check(n)
     return 1.0 if n < _regimes(flow)[0][0] else _regime(n, flow)[2]
 
