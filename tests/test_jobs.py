@@ -329,7 +329,7 @@ def test_bitexact_job_round_trips_bitwise(data_npy, tmp_path):
 
 
 def test_sample_dataset_matches_the_sampler(unet, sched_cfg, tmp_path):
-    from lmsolvers.adapters.jobs import _sample_seed
+    from lmsolvers.adapters.jobs.verbs import _sample_seed
 
     out = tmp_path / "samples"
     s = sample_dataset(JobConfig(out=str(out), model=MODEL, steps=STEPS, batch_size=3,

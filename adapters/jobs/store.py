@@ -1,0 +1,356 @@
+"""The job directory and its invariants, in one place (docs/jobs.md, "Output").
+
+A job directory holds ``job.json`` (settings, identity, environment, the grid's nodes),
+``shards/shard-BBBBBB.safetensors`` (batch B's tensors), ``shards/shard-BBBBBB.jsonl``
+(batch B's manifest part, written after its shard) and ``manifest.jsonl`` (every record,
+merged at the end).  Every file is written atomically (:mod:`lmsolvers.adapters.shards`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from lmsolvers import __version__ as LMSOLVERS_VERSION
+from lmsolvers.bitexact import BitexactLatent, fixed_point_plan
+from lmsolvers.grid import Grid
+from lmsolvers.latent import Latent, LatentMismatchError, freeze_context
+
+from ..shards import (
+    ShardError,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_jsonl,
+    write_jsonl,
+)
+from .config import EnvironmentMismatchError, JobConfig, JobError, JobSummary
+from .distributed import ProcessGroup
+from .environment import check_env
+
+if TYPE_CHECKING:
+    from .backends import Backend
+    from .inputs import Dataset, Prompts
+
+__all__ = ["JOB_FILE", "MANIFEST", "SHARDS", "Job", "batches_of", "check_shard", "claim_out",
+           "common_record", "context_json", "done_batch", "finish", "grid_from_record",
+           "grid_record", "job_header", "latent_of", "part_path", "plan_key_json",
+           "plan_key_tuple", "save_png", "shard_name"]
+
+JOB_FILE = "job.json"
+MANIFEST = "manifest.jsonl"
+SHARDS = "shards"
+
+
+def save_png(path: Path, x: torch.Tensor) -> None:
+    from PIL import Image
+
+    a = ((x.detach().double().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    if a.shape[0] == 1:
+        im = Image.fromarray(a[0].numpy(), mode="L")
+    elif a.shape[0] == 3:
+        im = Image.fromarray(a.permute(1, 2, 0).numpy(), mode="RGB")
+    else:
+        raise ValueError(f"{path}: cannot write a {a.shape[0]}-channel image as PNG")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+
+# ------------------------------------------------------------------ the job dir
+def grid_record(grid: Grid) -> dict[str, Any]:
+    def arr(a: np.ndarray | None) -> list[float] | None:
+        return None if a is None else [float(v) for v in a]
+
+    return {"fingerprint": grid.fingerprint(), "sigma_bar": arr(grid.sigma_bar),
+            "timesteps": arr(grid.timesteps), "alphas": arr(grid.alphas)}
+
+
+def grid_from_record(rec: Mapping[str, Any]) -> Grid:
+    g = Grid(rec["sigma_bar"], rec["timesteps"], rec["alphas"])
+    if g.fingerprint() != rec["fingerprint"]:
+        raise ShardError("the grid recorded in job.json does not match its own fingerprint "
+                         "(job.json was edited)")
+    return g
+
+
+def context_json(ctx: Mapping[str, Any] | Sequence[Any]) -> list[list[Any]]:
+    items = ctx.items() if isinstance(ctx, Mapping) else ctx
+    return [[k, v] for k, v in sorted(items)]
+
+
+def _cfg_record(cfg: JobConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    for k in ("out", "overwrite", "allow_env_mismatch", "progress", "timeout", "images",
+              "roundtrip"):
+        d.pop(k)
+    for k in ("model", "data", "prompt_embeds", "prompts"):
+        if d[k] is not None and os.path.exists(d[k]):
+            d[k] = os.path.abspath(d[k])
+    d["shape"] = list(cfg.shape) if cfg.shape else None
+    return d
+
+
+def job_header(verb: str, cfg: JobConfig, backend: Backend, data: Dataset | None,
+                prompts: Prompts, env: dict[str, Any]) -> dict[str, Any]:
+    m = backend.method
+    plan_key = None
+    if cfg.bitexact:
+        plan_key = plan_key_json(fixed_point_plan(m, backend.grid, backend.state_dtype,
+                                                   frac_bits=cfg.frac_bits).key())
+    identity = {
+        "verb": verb, "model": backend.identity, "method": m.name, "method_key": m.key,
+        "k": m.k, "steps": cfg.steps, "grid": backend.grid.fingerprint(),
+        "context": context_json(backend.context), "state_dtype": str(backend.state_dtype),
+        "model_dtype": cfg.model_dtype, "bitexact": cfg.bitexact, "plan_key": plan_key,
+        "batch_size": cfg.batch_size, "prompts": prompts.identity(),
+        "data": None if data is None else data.identity(),
+        "num_samples": cfg.num_samples, "seed": cfg.seed if verb == "sample" else None,
+    }
+    return {"identity": identity, "env": env, "config": _cfg_record(cfg),
+            "grid": grid_record(backend.grid), "lmsolvers": LMSOLVERS_VERSION}
+
+
+def plan_key_json(key: tuple[Any, ...]) -> list[Any]:
+    dtype, fb, sb, top = key
+    return [dtype, fb, sb, list(top)]
+
+
+def plan_key_tuple(rec: Sequence[Any]) -> tuple[Any, ...]:
+    dtype, fb, sb, top = rec
+    return (dtype, int(fb), float(sb), tuple(float(v) for v in top))
+
+
+def _prepare_out(out: Path, header: dict[str, Any], overwrite: bool,
+                 allow_env: bool) -> str | None:
+    """Rank 0: make ``out`` a directory for this job (or refuse); returns an error message."""
+    job = out / JOB_FILE
+    try:
+        if out.exists() and not out.is_dir():
+            return f"output {out} exists and is not a directory"
+        if job.is_file():
+            old = json.loads(job.read_text())
+            if overwrite:
+                shutil.rmtree(out / SHARDS, ignore_errors=True)
+                for name in (MANIFEST, JOB_FILE, "images"):
+                    p = out / name
+                    if p.is_dir():
+                        shutil.rmtree(p)
+                    elif p.exists():
+                        p.unlink()
+            else:
+                a, b = old.get("identity", {}), header["identity"]
+                diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                if diff:
+                    return (f"output {out} holds results of another job (differs in "
+                            f"{', '.join(diff)}); never overwritten: pass --overwrite or "
+                            "choose another directory")
+                check_env(old.get("env", {}), header["env"], allow_env,
+                           f"resuming the job in {out}")
+                return None
+        elif out.is_dir() and any(out.iterdir()):
+            return (f"output {out} is not empty and holds no {JOB_FILE}: refusing to write "
+                    "into it (choose a new or empty directory)")
+        (out / SHARDS).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(job, json.dumps(header, indent=1, sort_keys=True) + "\n")
+    except EnvironmentMismatchError as e:
+        return str(e)
+    except (OSError, ValueError) as e:
+        return f"output {out}: {e}"
+    return None
+
+
+def claim_out(g: ProcessGroup, out: Path, header: dict[str, Any], overwrite: bool,
+               allow_env: bool) -> None:
+    """All ranks: rank 0 prepares ``out`` (:func:`_prepare_out`), every rank raises its
+    refusal as :class:`JobError`, and no rank goes on before the directory is ready."""
+    err = g.broadcast(_prepare_out(out, header, overwrite, allow_env) if g.rank == 0 else None)
+    if err:
+        raise JobError(err)
+    g.barrier()
+
+
+def shard_name(b: int) -> str:
+    return f"{SHARDS}/shard-{b:06d}.safetensors"
+
+
+def part_path(out: Path, b: int) -> Path:
+    return out / SHARDS / f"shard-{b:06d}.jsonl"
+
+
+def done_batch(out: Path, b: int) -> list[dict[str, Any]] | None:
+    """The records of batch ``b`` if it is complete (its part exists and its shard has the
+    recorded size), else ``None``: the batch is (re)computed."""
+    part = part_path(out, b)
+    if not part.is_file():
+        return None
+    try:
+        recs = read_jsonl(part)
+    except (OSError, ShardError):
+        return None
+    shard = next((r for r in recs if r.get("shard")), None)
+    if shard is not None:
+        p = out / shard["shard"]
+        if not p.is_file() or p.stat().st_size != shard["shard_bytes"]:
+            return None
+    return recs
+
+
+def finish(g: ProcessGroup, out: Path, nbatches: int, summary: JobSummary,
+            manifest: Path | None = None) -> JobSummary:
+    """Barrier, aggregate the ranks' summaries, rank 0 merges the parts atomically."""
+    g.barrier()
+    parts = g.gather(dataclasses.asdict(summary))
+    if g.rank != 0:
+        return summary
+    total = JobSummary(summary.verb, world_size=g.world, threads=summary.threads, out=str(out))
+    errs = [p["max_error"] for p in parts if p["max_error"] is not None]
+    total.max_error = max(errs) if errs else None
+    bw = [p["bitwise"] for p in parts if p["bitwise"] is not None]
+    total.bitwise = sum(bw) if bw else None
+    for p in parts:
+        total.total += p["total"]
+        total.computed += p["computed"]
+        total.skipped += p["skipped"]
+        total.failed += p["failed"]
+        total.seconds = max(total.seconds, p["seconds"])
+        for k, v in p["problems"].items():
+            total.problems[k] = total.problems.get(k, 0) + v
+    records = []
+    missing = []
+    for b in range(nbatches):
+        part = part_path(out, b)
+        if part.is_file():
+            records += read_jsonl(part)
+        else:
+            missing.append(b)
+    if missing:
+        total.problems["batches missing"] = len(missing)
+    else:
+        write_jsonl(manifest or out / MANIFEST, records)
+    for stale in (out / SHARDS).glob("*.tmp"):  # left by a killed run; every rank is done
+        stale.unlink(missing_ok=True)
+    return total
+
+
+
+def batches_of(n: int, size: int) -> list[range]:
+    return [range(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def common_record(header: Mapping[str, Any], backend: Backend) -> dict[str, Any]:
+    i = header["identity"]
+    return {"method": i["method"], "method_key": i["method_key"], "grid": i["grid"],
+            "context": i["context"], "model": i["model"], "state_dtype": i["state_dtype"],
+            "model_dtype": i["model_dtype"], "bitexact": i["bitexact"],
+            "plan_key": i["plan_key"], "guidance": backend.context.get("guidance_scale"),
+            "env": header["env"], "lmsolvers": LMSOLVERS_VERSION}
+
+
+# -------------------------------------------------------- reading a job back
+@dataclass
+class Job:
+    """A finished job directory: header, manifest records grouped by batch."""
+
+    root: Path
+    header: dict[str, Any]
+    batches: dict[int, list[dict[str, Any]]]
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, verb: str) -> Job:
+        root = Path(root)
+        job = root / JOB_FILE
+        if not job.is_file():
+            raise JobError(f"{root} is not a job directory ({job} is missing)")
+        try:
+            header = json.loads(job.read_text())
+        except ValueError as e:
+            raise JobError(f"{job}: not valid JSON ({e})") from None
+        if header.get("identity", {}).get("verb") != verb:
+            raise JobError(f"{root} holds a {header.get('identity', {}).get('verb')!r} job, "
+                           f"not {verb!r}")
+        man = root / MANIFEST
+        if not man.is_file():
+            raise JobError(f"{man} is missing: the job did not finish; rerun the same "
+                           "command to resume it")
+        try:
+            recs = read_jsonl(man)
+        except ShardError as e:
+            raise JobError(str(e)) from None
+        batches: dict[int, list[dict[str, Any]]] = {}
+        for r in recs:
+            batches.setdefault(int(r["batch"]), []).append(r)
+        return cls(root, header, batches)
+
+    def config(self, **override: Any) -> JobConfig:
+        c = dict(self.header["config"])
+        c["out"] = str(self.root)
+        c["shape"] = tuple(c["shape"]) if c.get("shape") else None
+        c.update({k: v for k, v in override.items() if v is not None})
+        return JobConfig(**c)
+
+
+def latent_of(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str],
+               recs: Sequence[Mapping[str, Any]], grid: Grid, backend: Backend,
+               where: str) -> Latent:
+    """Rebuild the batch's latent from a shard, with the *recorded* identity (method key,
+    grid, context), so that sampling's :func:`~lmsolvers.latent.check_latent` compares it
+    with the current run and names any difference."""
+    r0 = recs[0]
+    context = freeze_context({k: v for k, v in r0["context"]})
+    nodes = tuple(r0["nodes"])
+    if r0["bitexact"]:
+        if "fixed" not in tensors:
+            raise ShardError(f"{where}: a bit-exact job's shard without integer states")
+        fixed = tensors["fixed"].to(backend.device)
+        ys = tuple(fixed[:, j].contiguous() for j in range(fixed.shape[1]))
+        plan = fixed_point_plan(backend.method, grid, backend.state_dtype,
+                                frac_bits=plan_key_tuple(r0["plan_key"])[1])
+        states = tuple(plan.dequantize(y, m) for y, m in zip(ys, nodes, strict=True))
+        return BitexactLatent(states=states, method=r0["method"], method_key=r0["method_key"],
+                              grid=grid, context=context, nodes=nodes, fixed=ys,
+                              plan_key=plan_key_tuple(r0["plan_key"]))
+    if "states" not in tensors:
+        raise ShardError(f"{where}: shard without latent states")
+    st = tensors["states"].to(backend.device)
+    if st.dtype != backend.state_dtype:
+        raise ShardError(f"{where}: states are {st.dtype}, the job's state dtype is "
+                         f"{backend.state_dtype}")
+    states = tuple(st[:, j].contiguous() for j in range(st.shape[1]))
+    return Latent(states=states, method=r0["method"], method_key=r0["method_key"], grid=grid,
+                  context=context, nodes=nodes)
+
+
+def check_shard(meta: Mapping[str, str], recs: Sequence[Mapping[str, Any]],
+                 where: str) -> None:
+    """Manifest and shard must agree on the ids, their order and the latents' identity."""
+    ids = json.loads(meta.get("ids", "null") or "null")
+    want = [r["id"] for r in sorted(recs, key=lambda r: r["offset"])]
+    if ids != want:
+        raise ShardError(f"{where}: manifest/shard disagreement: the shard holds ids {ids}, "
+                         f"the manifest lists {want} (shard from another job or batch?)")
+    offsets = sorted(r["offset"] for r in recs)
+    if offsets != list(range(len(recs))):
+        raise ShardError(f"{where}: manifest/shard disagreement: offsets {offsets}")
+    r0 = recs[0]
+    for key, rec_value in (("method_key", r0["method_key"]), ("grid", r0["grid"]),
+                           ("context", json.dumps(r0["context"])),
+                           ("nodes", json.dumps(r0["nodes"]))):
+        if meta.get(key) != rec_value:
+            raise LatentMismatchError(
+                f"{where}: this latent file was made with {key} {meta.get(key)!r}, the manifest "
+                f"says {rec_value!r}: a latent from another method or grid")
+    for r in recs:
+        if r["batch_ids"] != ids:
+            raise ShardError(f"{where}: record {r['id']!r} lists batch {r['batch_ids']}, the "
+                             f"shard holds {ids}")
