@@ -211,6 +211,19 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _data_range(text: str) -> tuple[float, float] | str:
+    """``LO,HI`` (numbers, LO < HI) or ``any``."""
+    if text.strip().lower() == "any":
+        return "any"
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI or 'any'") from None
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"{text!r}: LO must be below HI")
+    return lo, hi
+
+
 def _real(text: str) -> float:
     try:
         return float(text)
@@ -246,7 +259,8 @@ def _report(summary) -> int:
 def _invert_dataset(args: argparse.Namespace) -> int:
     from .adapters.jobs import invert_dataset
 
-    return _report(invert_dataset(_job_config(args, data=args.data, roundtrip=args.roundtrip)))
+    return _report(invert_dataset(_job_config(args, data=args.data, roundtrip=args.roundtrip,
+                                              data_range=args.data_range)))
 
 
 def _sample_dataset(args: argparse.Namespace) -> int:
@@ -294,6 +308,10 @@ def _job_arguments(p: argparse.ArgumentParser, dataset: bool) -> None:
         p.add_argument("--data", required=True, metavar="PATH",
                        help="folder of images, .npy or .safetensors tensor (N,C,H,W), or "
                             "MODULE:FUNCTION returning one")
+        p.add_argument("--data-range", type=_data_range, default=None, metavar="LO,HI",
+                       help="range of the model's data; samples outside it fail (default: "
+                            "the model's own, [-1,1] for pixel-space UNet2DModels; 'any': "
+                            "no check)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--method", default=None, help="method name (default: the sampler's "
                    "default exact configuration; obelm for --eps)")

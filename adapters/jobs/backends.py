@@ -41,6 +41,25 @@ class Backend:
     make_eps: Callable[[torch.Tensor | None], Any]
     check_input: Callable[[torch.Tensor], None]
     conditional: bool = False
+    #: the data range the model was trained on, and where that comes from (``None``: any)
+    data_range: tuple[float, float] | None = None
+    range_source: str = ""
+
+    def check_range(self, x: torch.Tensor, source: str) -> None:
+        """Refuse a sample outside the model's data range (by more than 1 % of its width):
+        8-bit pixels in [0, 255] given to a model of [−1, 1] would invert silently into
+        meaningless latents."""
+        if self.data_range is None or x.numel() == 0:
+            return
+        lo, hi = self.data_range
+        slack = 0.01 * (hi - lo)
+        mn, mx = float(x.min()), float(x.max())
+        if mn < lo - slack or mx > hi + slack:
+            raise ValueError(
+                f"{source}: values span [{mn:.4g}, {mx:.4g}], outside the model's data range "
+                f"[{lo:g}, {hi:g}] ({self.range_source}; 8-bit images map as x/127.5 − 1); "
+                "rescale the data, or pass --data-range LO,HI (or any) for a model trained "
+                "on another range")
 
     def to_xbar0(self, x: torch.Tensor) -> torch.Tensor:
         """``x̄_0 = x_0/α_0`` (the σ̄-ODE state of data, docs/design.md §1)."""
@@ -50,6 +69,29 @@ class Backend:
     def from_xbar0(self, xbar: torch.Tensor) -> torch.Tensor:
         """``x_0 = α_0 x̄_0``."""
         return xbar * float(self.grid.alphas[0])
+
+
+def _data_range(cfg: JobConfig, ucfg: dict[str, Any], scfg: dict[str, Any],
+                cls_name: str) -> tuple[tuple[float, float] | None, str]:
+    """The data range samples are checked against: ``--data-range`` if given (``any``: no
+    check); else a scheduler config with ``clip_sample`` declares ``±clip_sample_range``;
+    else a pixel-space ``UNet2DModel`` (1 or 3 channels) takes diffusers' [−1, 1]."""
+    given = cfg.data_range
+    if isinstance(given, str):
+        if given.strip().lower() == "any":
+            return None, ""
+        raise JobError(f"data range {given!r}: expected LO,HI or 'any'")
+    if given is not None:
+        lo, hi = (float(v) for v in given)
+        if not lo < hi:
+            raise JobError(f"data range {given!r}: LO must be below HI")
+        return (lo, hi), "--data-range"
+    if scfg.get("clip_sample"):
+        r = float(scfg.get("clip_sample_range", 1.0))
+        return (-r, r), "the scheduler config's clip_sample_range"
+    if cls_name == "UNet2DModel" and ucfg.get("in_channels") in (1, 3):
+        return (-1.0, 1.0), "diffusers' range for a pixel-space UNet2DModel"
+    return None, ""
 
 
 def _model_paths(model: str) -> tuple[Path, Path]:
@@ -147,9 +189,11 @@ def _diffusers_backend(cfg: JobConfig, device: torch.device) -> Backend:
         "weights_sha256": _weights_sha(unet_dir),
         "config_hash": base.context.get("model_config"),
     }
+    data_range, range_source = _data_range(cfg, ucfg, scfg, str(cls_name))
     return Backend(base.grid, base.method, dict(base.context), base.state_dtype, device,
-                    identity, shape, make_eps,
-                    lambda x: base.eps.check_state(x, "the batch"), conditional)
+                   identity, shape, make_eps,
+                   lambda x: base.eps.check_state(x, "the batch"), conditional,
+                   data_range, range_source)
 
 
 def _entry_backend(cfg: JobConfig, device: torch.device) -> Backend:

@@ -71,6 +71,11 @@ class JobConfig:
         shape ``(C, H, W)`` for an entry-point model.
     images:
         Also write PNG images (reconstruct, sample-dataset).
+    data_range:
+        ``(lo, hi)``: the range the model's data lies in; a sample outside it fails (8-bit
+        pixels given to a [−1, 1] model).  ``None``: the model's own (a scheduler config
+        with ``clip_sample``, else [−1, 1] for a pixel-space ``UNet2DModel``, else none);
+        ``"any"``: no check.
     progress:
         Progress bars on/off (``None``: only on a TTY).
     timeout:
@@ -104,6 +109,7 @@ class JobConfig:
     seed: int = 0
     shape: tuple[int, ...] | None = None
     images: bool = False
+    data_range: tuple[float, float] | str | None = None
     progress: bool | None = None
     timeout: float = 86400.0
 

@@ -31,6 +31,8 @@ from ..shards import (
     atomic_write_bytes,
     atomic_write_text,
     read_jsonl,
+    read_shard_metadata,
+    sha256_file,
     write_jsonl,
 )
 from .config import EnvironmentMismatchError, JobConfig, JobError, JobSummary
@@ -131,15 +133,77 @@ def plan_key_tuple(rec: Sequence[Any]) -> tuple[Any, ...]:
     return (dtype, int(fb), float(sb), tuple(float(v) for v in top))
 
 
-def _prepare_out(out: Path, header: dict[str, Any], overwrite: bool,
-                 allow_env: bool) -> str | None:
-    """Rank 0: make ``out`` a directory for this job (or refuse); returns an error message."""
+#: the verb recorded in job.json → the command that writes such a directory
+COMMANDS = {"invert": "invert-dataset", "sample": "sample-dataset",
+            "reconstruct": "reconstruct"}
+#: what a job directory holds besides job.json: never touched by another command
+_OWN = (JOB_FILE, MANIFEST, SHARDS, "images")
+
+
+def _owning_job(path: Path) -> tuple[Path, Path] | None:
+    """``(job directory, path relative to it)`` if ``path`` is one of a job directory's own
+    files (job.json, the manifest, anything under shards/ or images/, their temporaries),
+    else ``None``."""
+    path = path.resolve()
+    for d in path.parents:
+        if (d / JOB_FILE).is_file():
+            rel = path.relative_to(d)
+            if rel.parts and (rel.parts[0] in _OWN or rel.parts[0].startswith(_OWN)):
+                return d, rel
+    return None
+
+
+def check_report_path(report: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse a report path that is a directory, an existing file (unless ``overwrite``), or
+    one of a job directory's own files (``--overwrite`` included: a report never replaces
+    a job's manifest, job.json, shards or images)."""
+    path = Path(report)
+    owner = _owning_job(path)
+    if owner is not None:
+        d, rel = owner
+        raise JobError(f"report {report} would replace {rel.as_posix()} of the job in {d}: a "
+                       "job's own files are never replaced by a report (--overwrite "
+                       "included); write the report outside the job's files")
+    if path.is_dir():
+        raise JobError(f"report {report} is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise JobError(f"report {report} exists: never overwritten (pass --overwrite)")
+
+
+def _prepare_out(out: Path, header: dict[str, Any], overwrite: bool, allow_env: bool,
+                 source: Path | None) -> str | None:
+    """Rank 0: make ``out`` a directory for this job (or refuse); returns an error message.
+
+    The invariants: a job directory is only ever the output of the command that made it
+    (``--overwrite`` replaces a job of the same command, never another command's, never
+    the job being read); a directory with files but no job.json is never written into;
+    resuming needs the same identity and environment."""
     job = out / JOB_FILE
+    verb = header["identity"]["verb"]
     try:
         if out.exists() and not out.is_dir():
             return f"output {out} exists and is not a directory"
+        if source is not None:
+            src = source.resolve()
+            if out.resolve() == src or _owning_job(out) is not None:
+                return (f"output {out} is the job being read ({source}) or one of its files: "
+                        "a job is never the output of another command, --overwrite included; "
+                        "choose another directory")
+        elif _owning_job(out) is not None:
+            return (f"output {out} lies inside the files of the job in "
+                    f"{_owning_job(out)[0]}; choose another directory")
         if job.is_file():
-            old = json.loads(job.read_text())
+            try:
+                old = json.loads(job.read_text())
+                old_verb = old.get("identity", {}).get("verb")
+            except (ValueError, AttributeError):
+                return (f"output {out} holds a {JOB_FILE} that is not a job record: never "
+                        "touched; choose another directory")
+            if old_verb != verb:
+                what = COMMANDS.get(old_verb, repr(old_verb))
+                return (f"output {out} is the directory of a {what} job: a job directory is "
+                        f"never the output of another command ({COMMANDS[verb]}), --overwrite "
+                        "included; choose another directory")
             if overwrite:
                 shutil.rmtree(out / SHARDS, ignore_errors=True)
                 for name in (MANIFEST, JOB_FILE, "images"):
@@ -156,7 +220,7 @@ def _prepare_out(out: Path, header: dict[str, Any], overwrite: bool,
                             f"{', '.join(diff)}); never overwritten: pass --overwrite or "
                             "choose another directory")
                 check_env(old.get("env", {}), header["env"], allow_env,
-                           f"resuming the job in {out}")
+                          f"resuming the job in {out}")
                 return None
         elif out.is_dir() and any(out.iterdir()):
             return (f"output {out} is not empty and holds no {JOB_FILE}: refusing to write "
@@ -171,39 +235,67 @@ def _prepare_out(out: Path, header: dict[str, Any], overwrite: bool,
 
 
 def claim_out(g: ProcessGroup, out: Path, header: dict[str, Any], overwrite: bool,
-               allow_env: bool) -> None:
-    """All ranks: rank 0 prepares ``out`` (:func:`_prepare_out`), every rank raises its
-    refusal as :class:`JobError`, and no rank goes on before the directory is ready."""
-    err = g.broadcast(_prepare_out(out, header, overwrite, allow_env) if g.rank == 0 else None)
+              allow_env: bool, source: Path | None = None) -> None:
+    """All ranks: rank 0 prepares ``out`` (:func:`_prepare_out`; ``source`` is the job a
+    read-back command reads), every rank raises its refusal as :class:`JobError`, and no
+    rank goes on before the directory is ready."""
+    err = g.broadcast(_prepare_out(out, header, overwrite, allow_env, source)
+                      if g.rank == 0 else None)
     if err:
         raise JobError(err)
     g.barrier()
 
 
 def shard_name(b: int) -> str:
+    """The shard of batch ``b``, relative to the job directory."""
     return f"{SHARDS}/shard-{b:06d}.safetensors"
 
 
 def part_path(out: Path, b: int) -> Path:
+    """The manifest part of batch ``b``."""
     return out / SHARDS / f"shard-{b:06d}.jsonl"
 
 
-def done_batch(out: Path, b: int) -> list[dict[str, Any]] | None:
-    """The records of batch ``b`` if it is complete (its part exists and its shard has the
-    recorded size), else ``None``: the batch is (re)computed."""
+def done_batch(out: Path, b: int, ids: Sequence[str]
+               ) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """``(records, None)`` if batch ``b`` is complete and is the batch of ``ids``;
+    ``(None, None)`` if it was never finished; ``(None, why)`` if its files exist but are
+    not this batch's (a part copied from another batch, a shard altered or replaced, a
+    truncated file): the caller recomputes it.
+
+    Complete means: the part lists exactly ``ids``, each record says batch ``b``, and the
+    shard its ok records name is this batch's, has their recorded size and SHA-256, and
+    holds their ids in their order."""
     part = part_path(out, b)
     if not part.is_file():
-        return None
+        return None, None
     try:
         recs = read_jsonl(part)
-    except (OSError, ShardError):
-        return None
-    shard = next((r for r in recs if r.get("shard")), None)
-    if shard is not None:
-        p = out / shard["shard"]
-        if not p.is_file() or p.stat().st_size != shard["shard_bytes"]:
-            return None
-    return recs
+    except (OSError, ShardError) as e:
+        return None, f"its part is unreadable ({e})"
+    got = sorted(str(r.get("id")) for r in recs)
+    if got != sorted(ids):
+        return None, (f"its part {part.name} lists samples {got[:3]}… but batch {b} holds "
+                      f"{sorted(ids)[:3]}… (a part of another batch or job)")
+    if any(r.get("batch") != b for r in recs):
+        return None, f"its part {part.name} has records of another batch"
+    ok = sorted((r for r in recs if r.get("status") == "ok"), key=lambda r: r.get("offset", -1))
+    if not ok:
+        return recs, None
+    names = {r.get("shard") for r in ok}
+    shas = {r.get("shard_sha256") for r in ok}
+    if names != {shard_name(b)} or len(shas) != 1:
+        return None, f"its part {part.name} names shards {sorted(map(str, names))}"
+    path = out / shard_name(b)
+    try:
+        if path.stat().st_size != ok[0].get("shard_bytes") or sha256_file(path) != shas.pop():
+            return None, f"its shard {path.name} does not match the part (size or SHA-256)"
+        meta = read_shard_metadata(path)
+    except (OSError, ShardError) as e:
+        return None, f"its shard {path.name} is missing or unreadable ({e})"
+    if json.loads(meta.get("ids", "null") or "null") != [r["id"] for r in ok]:
+        return None, f"its shard {path.name} holds other samples than its part lists"
+    return recs, None
 
 
 def finish(g: ProcessGroup, out: Path, nbatches: int, summary: JobSummary,
@@ -258,6 +350,14 @@ def common_record(header: Mapping[str, Any], backend: Backend) -> dict[str, Any]
 
 
 # -------------------------------------------------------- reading a job back
+#: what the read-back commands use from job.json, and from each manifest record
+_HEADER_KEYS = {"invert": ("env", "config", "grid")}
+_RECORD_KEYS = ("id", "batch", "status", "source", "env")
+_OK_RECORD_KEYS = ("index", "shard", "offset", "shard_sha256", "shard_bytes", "batch_ids",
+                   "content_sha256", "method", "method_key", "grid", "context", "nodes",
+                   "bitexact", "plan_key")
+
+
 @dataclass
 class Job:
     """A finished job directory: header, manifest records grouped by batch."""
@@ -268,6 +368,9 @@ class Job:
 
     @classmethod
     def open(cls, root: str | os.PathLike, verb: str) -> Job:
+        """Read a finished job directory, checking that job.json and every manifest record
+        have what the read-back commands use (a one-line :class:`JobError` naming the file,
+        line and key otherwise: never a ``KeyError``)."""
         root = Path(root)
         job = root / JOB_FILE
         if not job.is_file():
@@ -276,9 +379,22 @@ class Job:
             header = json.loads(job.read_text())
         except ValueError as e:
             raise JobError(f"{job}: not valid JSON ({e})") from None
-        if header.get("identity", {}).get("verb") != verb:
-            raise JobError(f"{root} holds a {header.get('identity', {}).get('verb')!r} job, "
-                           f"not {verb!r}")
+        if not isinstance(header, dict) or not isinstance(header.get("identity"), dict):
+            raise JobError(f"{job} is not a job record (no 'identity'); it was edited or "
+                           "replaced: rerun the command that made the job")
+        got = header["identity"].get("verb")
+        if got != verb:
+            raise JobError(f"{root} holds a {COMMANDS.get(got, repr(got))} job, not an "
+                           f"{COMMANDS[verb]} job")
+        for key in _HEADER_KEYS[verb]:
+            if not isinstance(header.get(key), dict):
+                raise JobError(f"{job} lacks {key!r} (edited or replaced?): the read-back "
+                               f"needs it; rerun the {COMMANDS[verb]} command to rebuild it")
+        missing = [k for k in ("sigma_bar", "timesteps", "alphas", "fingerprint")
+                   if k not in header["grid"]]
+        if missing:
+            raise JobError(f"{job}: its grid lacks {missing} (edited?): rerun the "
+                           f"{COMMANDS[verb]} command")
         man = root / MANIFEST
         if not man.is_file():
             raise JobError(f"{man} is missing: the job did not finish; rerun the same "
@@ -288,16 +404,27 @@ class Job:
         except ShardError as e:
             raise JobError(str(e)) from None
         batches: dict[int, list[dict[str, Any]]] = {}
-        for r in recs:
-            batches.setdefault(int(r["batch"]), []).append(r)
+        for n, r in enumerate(recs, 1):
+            need = _RECORD_KEYS + (_OK_RECORD_KEYS if r.get("status") == "ok" else ())
+            lacks = [k for k in need if k not in r]
+            if lacks or not isinstance(r.get("batch"), int):
+                raise JobError(f"{man}, record {n}: lacks {lacks or ['batch']} — not a "
+                               f"manifest of an {COMMANDS[verb]} job (replaced?); rerun the "
+                               f"{COMMANDS[verb]} command, which rebuilds it from the parts")
+            batches.setdefault(r["batch"], []).append(r)
         return cls(root, header, batches)
 
     def config(self, **override: Any) -> JobConfig:
+        """The job's recorded :class:`JobConfig`, with ``override``'s non-``None`` values."""
         c = dict(self.header["config"])
         c["out"] = str(self.root)
         c["shape"] = tuple(c["shape"]) if c.get("shape") else None
         c.update({k: v for k, v in override.items() if v is not None})
-        return JobConfig(**c)
+        try:
+            return JobConfig(**c)
+        except TypeError as e:
+            raise JobError(f"{self.root / JOB_FILE}: its config does not fit this version of "
+                           f"lmsolvers ({e}); rerun the command that made the job") from None
 
 
 def latent_of(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str],

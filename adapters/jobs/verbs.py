@@ -12,7 +12,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,14 @@ from lmsolvers.latent import Latent, LatentMismatchError
 from ..shards import ShardError, read_shard, write_jsonl, write_shard
 from .backends import Backend, build_backend
 from .config import JobConfig, JobError, JobSummary
-from .distributed import process_group, progress_bar
+from .distributed import ProcessGroup, process_group, progress_bar
 from .environment import check_env, env_diff, environment, resolve_device, setup_threads
 from .inputs import Dataset, Prompts, tensor_sha
 from .store import (
     SHARDS,
     Job,
     batches_of,
+    check_report_path,
     check_shard,
     claim_out,
     common_record,
@@ -62,6 +63,59 @@ def _start(cfg: JobConfig, verb: str, data: Dataset | None
 
 
 
+def _finished(g: ProcessGroup, out: Path, mine: Sequence[int],
+              ids_of: Callable[[int], Sequence[str]],
+              check: Callable[[list[dict[str, Any]]], str | None] | None = None
+              ) -> dict[int, list[dict[str, Any]]]:
+    """Every rank: the records of its batches that are already complete (resume).
+
+    A batch whose files exist but are not its own (:func:`~.store.done_batch`: a part
+    copied from another batch, an altered shard) is recomputed, with a warning.
+    ``check(records)`` may refuse a complete batch (the data it was computed from changed):
+    then every rank raises that :class:`JobError`, so none waits at a barrier for the
+    others."""
+    done: dict[int, list[dict[str, Any]]] = {}
+    errors: list[str] = []
+    for b in mine:
+        recs, why = done_batch(out, b, ids_of(b))
+        if why is not None:
+            warnings.warn(f"{out}: batch {b} is not what this job wrote ({why}); recomputing "
+                          "it", RuntimeWarning, stacklevel=3)
+        if recs is None:
+            continue
+        err = check(recs) if check is not None else None
+        if err is not None:
+            errors.append(err)
+            break
+        done[b] = recs
+    errors = [e for rank in g.gather(errors) for e in rank]
+    if errors:
+        raise JobError(errors[0])
+    return done
+
+
+def _unchanged_sources(data: Dataset) -> Callable[[list[dict[str, Any]]], str | None]:
+    """The resume check of an inversion: every sample of a finished batch still has the
+    content it was inverted from (else the job would mix two versions of the data)."""
+
+    def check(recs: list[dict[str, Any]]) -> str | None:
+        for r in recs:
+            sha = r.get("content_sha256")
+            if sha is None:  # it failed to load: nothing was computed from it
+                continue
+            try:
+                now = data.load(int(r["index"]))[1]
+            except (OSError, ValueError, TypeError) as e:
+                now = f"unreadable: {e}"
+            if now != sha:
+                return (f"the data changed since this job started: {r['source']} is not the "
+                        f"sample that was inverted (content SHA-256 {sha[:12]}… recorded); "
+                        "restore the data, or pass --overwrite to start afresh")
+        return None
+
+    return check
+
+
 # ------------------------------------------------------------------- invert
 def _invert_batch(cfg: JobConfig, backend: Backend, data: Dataset, prompts: Prompts,
                   common: dict[str, Any], out: Path, b: int, rows: range
@@ -73,6 +127,7 @@ def _invert_batch(cfg: JobConfig, backend: Backend, data: Dataset, prompts: Prom
         try:
             x, sha = data.load(i)
             rec["content_sha256"] = sha
+            backend.check_range(x, data.sources[i])
             if backend.sample_shape is not None and tuple(x.shape) != backend.sample_shape:
                 raise ValueError(f"{data.sources[i]}: shape {tuple(x.shape)} but the model takes "
                                  f"{backend.sample_shape} (channels, height, width)")
@@ -160,11 +215,13 @@ def invert_dataset(cfg: JobConfig) -> JobSummary:
         batches = batches_of(len(data), cfg.batch_size)
         summary = JobSummary("invert-dataset", threads=cfg.threads)
         mine = [b for b in range(len(batches)) if b % g.world == g.rank]
+        finished = _finished(g, out, mine, lambda b: [data.ids[i] for i in batches[b]],
+                             _unchanged_sources(data))
         with progress_bar(g, cfg, sum(len(batches[b]) for b in mine), "invert") as bar:
             for b in mine:
                 rows = batches[b]
                 summary.total += len(rows)
-                done = done_batch(out, b)
+                done = finished.get(b)
                 if done is not None:
                     summary.skipped += len(rows)
                     summary.failed += sum(r["status"] != "ok" for r in done)
@@ -203,7 +260,7 @@ def _open_for_readback(job_dir: str | os.PathLike, threads: int | None,
                        allow_env: bool, device: str | None, progress: bool | None
                        ) -> tuple[Job, JobConfig]:
     job = Job.open(job_dir, "invert")
-    recorded = job.header["env"]["threads"]
+    recorded = job.header["env"].get("threads", 1)
     cfg = job.config(threads=threads if threads is not None else recorded, device=device)
     cfg.allow_env_mismatch, cfg.progress = allow_env, progress
     return job, cfg
@@ -246,16 +303,17 @@ def reconstruct(job_dir: str | os.PathLike, out: str | os.PathLike, *,
         header = {"identity": {"verb": "reconstruct", "source_job": str(job.root.resolve()),
                                "source_identity": job.header["identity"]},
                   "env": env, "config": {"job": str(job.root)}, "lmsolvers": LMSOLVERS_VERSION}
-        claim_out(g, out, header, overwrite, allow_env_mismatch)
+        claim_out(g, out, header, overwrite, allow_env_mismatch, source=job.root)
         t0 = time.perf_counter()
         nb = max(job.batches) + 1 if job.batches else 0
         summary = JobSummary("reconstruct", threads=cfg.threads)
         mine = [b for b in sorted(job.batches) if b % g.world == g.rank]
+        finished = _finished(g, out, mine, lambda b: [r["id"] for r in job.batches[b]])
         with progress_bar(g, cfg, sum(len(job.batches[b]) for b in mine), "reconstruct") as bar:
             for b in mine:
                 recs = job.batches[b]
                 summary.total += len(recs)
-                if done_batch(out, b) is not None:
+                if b in finished:
                     summary.skipped += len(recs)
                     bar.update(len(recs))
                     continue
@@ -419,8 +477,8 @@ def verify(job_dir: str | os.PathLike, *, report: str | os.PathLike | None = Non
     of x̄_0 bitwise).  ``summary.problems`` counts every status but ``ok``.
     """
     job, cfg = _open_for_readback(job_dir, threads, allow_env_mismatch, device, progress)
-    if report is not None and Path(report).exists() and not overwrite:
-        raise JobError(f"report {report} exists: never overwritten (pass --overwrite)")
+    if report is not None:
+        check_report_path(report, overwrite)
     with process_group(cfg) as g:
         backend, prompts, grid = _rebuild(job, cfg, str(job.root))
         env = environment(backend.device)
@@ -525,11 +583,12 @@ def sample_dataset(cfg: JobConfig) -> JobSummary:
         batches = batches_of(cfg.num_samples, cfg.batch_size)
         summary = JobSummary("sample-dataset", threads=cfg.threads)
         mine = [b for b in range(len(batches)) if b % g.world == g.rank]
+        finished = _finished(g, out, mine, lambda b: [ids[i] for i in batches[b]])
         with progress_bar(g, cfg, sum(len(batches[b]) for b in mine), "sample") as bar:
             for b in mine:
                 rows = batches[b]
                 summary.total += len(rows)
-                if done_batch(out, b) is not None:
+                if b in finished:
                     summary.skipped += len(rows)
                     bar.update(len(rows))
                     continue
