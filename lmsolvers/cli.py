@@ -112,16 +112,31 @@ def _derive(args: argparse.Namespace) -> int:
     from .analysis import analyze, root_condition
     from .design import belm_family, design, max_stable_order
 
-    k, st = args.steps, args.stability
+    k = args.steps
     out = sp.latex if args.latex else sp.sstr
-    if args.order is not None and args.order != max_stable_order(k, st):
+    if args.order is not None:
+        # the whole variable-step family of that order: what --order asks for, whatever
+        # the designs' orders are (the k = 4 designs have order 4 at equal steps but 3 on
+        # variable grids, so printing a design would silently answer another question)
+        if args.stability is not None:
+            raise ValueError("--order prints the whole family of order P (no stability "
+                             "requirement); --stability selects one designed member: give "
+                             "one of them")
         a, b, params = belm_family(k, args.order)
-        print(f"{k}-step BELM family of order {args.order}, free parameters {params}")
+        print(f"{k}-step BELM family of order {args.order} on variable steps, free "
+              f"parameters {params or 'none'}")
+        print("  x_{i-1} = sum_j a_j x_{i-1+j} + sum_j b_j h_{i-1+j} eps_{i-1+j};"
+              "  h1..hk = h_i..h_{i+k-1}")
         for j, e in enumerate(a, 1):
             print(f"  a{j} = {out(e)}")
         for j, e in enumerate(b):
             print(f"  b{j} = {out(e)}")
+        print(f"  order (variable steps) = {args.order} for every value of the free parameters "
+              f"(solved from C_0 = … = C_{args.order} = 0); the zero-stable designs of "
+              f"{k} steps have order {max_stable_order(k, 'bidirectional')} at equal steps "
+              "(lmsolvers derive without --order)")
         return 0
+    st = args.stability or "bidirectional"
     d = design(k, st)
     m = d.method
     A = analyze(m)
@@ -189,12 +204,13 @@ def _table(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from .plots import plot_design_roots, plot_exp_roots
 
+    # under out/ (git-ignored in a checkout): a plot never leaves an untracked file behind
     if args.form == "data":
-        out = args.out or f"ebelm{args.steps}_roots.png"
+        out = args.out or f"out/ebelm{args.steps}_roots.png"
         plot_exp_roots(args.steps, out=out)
         print(f"wrote {out}")
         return 0
-    out = args.out or f"belm{args.steps}_roots.png"
+    out = args.out or f"out/belm{args.steps}_roots.png"
     plot_design_roots(args.steps, out=out)
     print(f"wrote {out}")
     return 0
@@ -372,9 +388,11 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("derive", help="derive a k-step BELM and analyse it")
     d.add_argument("--steps", "-k", **steps)
     d.add_argument("--order", type=_positive, default=None, metavar="P",
-                   help="the whole variable-step family of order P (≤ 2k-2), "
-                        "free parameters symbolic")
-    d.add_argument("--stability", **stab)
+                   help="print the whole variable-step family of order P (≤ 2k-2), free "
+                        "parameters symbolic, instead of a designed member")
+    d.add_argument("--stability", choices=_STABILITIES, default=None,
+                   help="design requirement of the member printed (default: bidirectional; "
+                        "not with --order)")
     d.add_argument("--latex", action="store_true", help="print coefficients as LaTeX")
     d.add_argument("--form", **form)
     d.set_defaults(func=_derive)
@@ -389,7 +407,9 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="root plot / root locus of the k-step designs (PNG)")
     pl.add_argument("--steps", "-k", **steps)
     pl.add_argument("--form", **form)
-    pl.add_argument("--out", default=None, help="PNG path (default belm{k}_roots.png)")
+    pl.add_argument("--out", default=None,
+                    help="PNG path (default out/belm{k}_roots.png, out/ebelm{k}_roots.png with "
+                         "--form data; out/ is git-ignored)")
     pl.set_defaults(func=_plot)
     t = sub.add_parser("table", help="the k = 1..5 BELM table (progress on stderr)")
     t.add_argument("--kmax", type=_kmax, default=5, metavar="K", help="last k, 1..5")
