@@ -28,20 +28,20 @@ limit of the DDIM step as σ̄ → ∞), then the method runs on the finite grid
 (docs/design.md §9).  So ``BELMScheduler(method="ddim")`` on a flow config is
 ``FlowMatchEulerDiscreteScheduler`` up to round-off.
 
-**Exact resumption: the x_T hand-off.**  A k-step method's latent is k states
-(:class:`~lmsolvers.Latent`), a pipeline passes one ``latents`` tensor.  Two ways:
+**Exact resumption: the x_T hand-off** (the rule and its limits: docs/design.md §8).  A
+k-step method's latent is k states (:class:`~lmsolvers.Latent`), a pipeline passes one
+``latents`` tensor.  Two ways:
 
 * explicit: ``latents = pipe.scheduler.load_latent(latent, dtype=…)`` (checked at once,
   stays loaded until :meth:`BELMScheduler.clear_latent`);
-* implicit, DDIMInverse-style: each output of :class:`BELMInverseScheduler` is
-  registered with the latent of the inversion so far in a process-wide hand-off registry
-  (:class:`LatentHandoff`, shared by the scheduler pair); a :class:`BELMScheduler` run
-  that starts from a tensor with that content (in any floating dtype) at that node — the
-  top of the grid after a full inversion, a mid-schedule node after a partial one
-  (DiffEdit, img2img) — resumes from the full latent.  Handed an inverted state whose
-  latent it cannot use (evicted; another grid, method or start node), it warns with
-  :class:`InvertedLatentWarning`: sampling from that state alone is not the inverse
-  (relative error 2.5e3 at 10 O-BELM steps on the digits model).
+* implicit, DDIMInverse-style: :class:`BELMInverseScheduler` registers each inversion's
+  latest latent in a process-wide registry (:class:`LatentHandoff`,
+  :mod:`lmsolvers.adapters.handoff`); a :class:`BELMScheduler` run from a tensor whose rows
+  are rows of such an output — all of them, some, reordered, repeated, cast to another
+  floating dtype and back — at the node that inversion reached resumes each such row from
+  its full latent.  Rows that are (or were) inverted states it cannot resume (evicted;
+  another grid, method or start node; edited since) make it warn with
+  :class:`InvertedLatentWarning`: sampling from one state is not the inverse.
 
 The scheduler cannot see the pipeline's guidance scale: invert with the same one
 (docs/design.md §3).  Thresholding/clipping and stochastic steps (``eta ≠ 0``) are not
@@ -637,9 +637,9 @@ class BELMScheduler(_LMSchedulerBase):
     at: DDIM, ``x̄_{m−1} = x̄_m − h_m ε̄_m``, or for exponential methods the exponential
     Adams–Bashforth steps of orders 1, 2, all at grid nodes) and returns
     ``x_{m−1} = α_{m−1} x̄_{m−1}`` in the dtype of ``sample``.  At an α = 0 top node the step
-    is the entry step ``x̄_N = x̂_0 + σ̄_N ε̂``.  A run that starts at the top from the last output of a
-    :class:`BELMInverseScheduler` (found by content in :attr:`handoff`) resumes its full
-    latent; see the module docstring.
+    is the entry step ``x̄_N = x̂_0 + σ̄_N ε̂``.  A run that starts from (rows of) the output
+    of a :class:`BELMInverseScheduler` at the node it reached (found by content in
+    :attr:`handoff`) resumes the full latent of each such row; see the module docstring.
     """
 
     #: the process-wide hand-off registry shared with :class:`BELMInverseScheduler`
@@ -941,9 +941,9 @@ class BELMInverseScheduler(_LMSchedulerBase):
     approximate and does not matter, docs/design.md §3).  Steps follow ``timesteps`` in
     order, as for :class:`BELMScheduler`.  After the last step :attr:`latent` is the
     :class:`~lmsolvers.Latent` to sample back from; every step (if ``register_latents``,
-    the default) registers the latent so far in :attr:`handoff` under the content of its
-    output, so that a :class:`BELMScheduler` run started from that output at that node
-    resumes it exactly.  Its
+    the default) registers the latent so far in :attr:`handoff` (one place per inversion,
+    replaced at each step), so that a :class:`BELMScheduler` run started from that output,
+    or rows of it, at that node resumes it exactly.  Its
     context records only the prediction type (the scheduler cannot see the guidance):
     ``DiffusionSampler.sample`` takes it after ``latent.with_context(sampler.context)``.
     """

@@ -230,9 +230,11 @@ show([decode_latents(pipe.vae, p).cpu() for p in path], [f"w = {w}" for w in wei
 #
 # `BELMScheduler` plugs O-BELM into an unmodified `StableDiffusionPipeline`. A pipeline passes a
 # single tensor `latents`, while an exact latent holds k states: `load_latent` stores them in the
-# scheduler and returns `x_T`, and the pipeline then reproduces the inverted image. (Restarting
-# from `x_T` alone is not the inverse.) A pipeline walks its scheduler's own timesteps, so the
-# inversion to resume there runs on that grid (`grid="scheduler"`, plain O-BELM).
+# scheduler and returns `x_T`, and the pipeline then reproduces the inverted image. (An `x_T`
+# straight from a `BELMInverseScheduler` run is recognised and resumed without `load_latent`;
+# when a pipeline run is the inverse and when it is not: docs/design.md §8.) A pipeline walks its
+# scheduler's own timesteps, so the inversion to resume there runs on that grid
+# (`grid="scheduler"`, plain O-BELM).
 
 # %%
 pipe.scheduler = BELMScheduler.from_config(pipe.scheduler.config)

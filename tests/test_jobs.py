@@ -256,6 +256,10 @@ def test_bad_images_are_reported_and_the_job_goes_on(digits, tmp_path):
     assert str(folder / "e_big.png") in recs["e_big.png"]["error"]
     assert "(1, 9, 9)" in recs["e_big.png"]["error"]
     # the good images of a batch form the batch; pixels map to x/127.5 - 1
+    from lmsolvers.adapters.jobs.inputs import Dataset
+
+    x, _ = Dataset(str(folder)).load(0)
+    assert torch.equal(x, torch.from_numpy(u8[0]).float()[None] / 127.5 - 1.0)
     assert recs["d3.png"]["batch_ids"] == ["d0.png", "d1.png", "d3.png"]
     assert recs["d5.png"]["batch_ids"] == ["d5.png"]
     assert all(recs[k]["status"] == "ok" for k in ("d0.png", "d1.png", "d3.png", "d5.png"))
