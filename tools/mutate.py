@@ -329,7 +329,7 @@ MUTATIONS: list[Mutation] = [
       "/ 127.5 - 1.0",
       "/ 255.0",
       "8-bit images are read as x/255 instead of x/127.5 − 1", *jobs(J_BAD)),
-    M("jobs-environment-threads-ignored", "adapters/jobs/environment.py",
+    M("jobs-env-threads-ignored", "adapters/jobs/env.py",
       'ENV_KEYS = ("threads", "deterministic",',
       'ENV_KEYS = ("deterministic",',
       "the thread count is not compared with the recorded one", *jobs(J_THREADS)),

@@ -39,7 +39,7 @@ rank 0 merges the parts into ``manifest.jsonl``).  Every file is written atomica
 exists is done, every other batch is recomputed — with the same bits, since nothing in a
 
 The package holds one idea per module: :mod:`~lmsolvers.adapters.jobs.config` (the
-settings, the summary, the errors), :mod:`~lmsolvers.adapters.jobs.environment` (what
+settings, the summary, the errors), :mod:`~lmsolvers.adapters.jobs.env` (what
 outside the arguments changes ε's bits), :mod:`~lmsolvers.adapters.jobs.distributed` (the
 process group), :mod:`~lmsolvers.adapters.jobs.backends` (models → ε, grid, method),
 :mod:`~lmsolvers.adapters.jobs.inputs` (datasets, images, prompts),
@@ -51,7 +51,7 @@ written where, what a finished batch is, the manifest) and
 from __future__ import annotations
 
 from .config import EnvironmentMismatchError, JobConfig, JobError, JobSummary, format_summary
-from .environment import environment
+from .env import environment
 from .inputs import IMAGE_SUFFIXES
 from .verbs import invert_dataset, reconstruct, sample_dataset, verify
 

@@ -21,7 +21,7 @@ from lmsolvers.registry import method_from_name
 from ..diffusers import DiffusionSampler
 from ..shards import sha256_file
 from .config import JobConfig, JobError, parse_dtype
-from .environment import resolve_device
+from .env import resolve_device
 from .inputs import entry_point, load_prompt_embeds, module_file_sha
 
 __all__ = ["Backend", "build_backend"]
@@ -225,6 +225,8 @@ def _entry_backend(cfg: JobConfig, device: torch.device) -> Backend:
 
 
 def build_backend(cfg: JobConfig) -> Backend:
+    """The back-end of a job's settings: a diffusers model directory or an entry point
+    (exactly one), after checking steps, batch size and the device's determinism."""
     if (cfg.model is None) == (cfg.eps is None):
         raise JobError("give exactly one of a diffusers model directory (--model) and an "
                        "entry point (--eps module:function)")

@@ -175,6 +175,7 @@ def format_summary(s: JobSummary) -> str:
 
 
 def parse_dtype(name: str, what: str) -> torch.dtype:
+    """The torch dtype of a name in :data:`DTYPES` (``JobError`` naming ``what`` otherwise)."""
     try:
         return DTYPES[str(name).removeprefix("torch.")]
     except KeyError:

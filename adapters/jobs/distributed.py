@@ -16,7 +16,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .config import JobConfig
-from .environment import resolve_device
+from .env import resolve_device
 
 __all__ = ["ProcessGroup", "process_group", "progress_bar"]
 
@@ -41,9 +41,11 @@ class ProcessGroup:
 
     @property
     def distributed(self) -> bool:
+        """Whether there is more than one rank."""
         return self.world > 1
 
     def barrier(self) -> None:
+        """Wait for every rank (a no-op in one process)."""
         if self.distributed:
             dist.barrier()
 
@@ -64,12 +66,14 @@ class ProcessGroup:
         return out
 
     def close(self) -> None:
+        """Destroy the process group if this object created it."""
         if self.owned:
             dist.destroy_process_group()
 
 
 @contextlib.contextmanager
 def process_group(cfg: JobConfig) -> Iterator[ProcessGroup]:
+    """The job's process group for the duration of a ``with`` block (closed after)."""
     g = ProcessGroup(resolve_device(cfg.device), cfg.timeout)
     try:
         yield g
@@ -79,6 +83,7 @@ def process_group(cfg: JobConfig) -> Iterator[ProcessGroup]:
 
 
 def progress_bar(g: ProcessGroup, cfg: JobConfig, total: int, desc: str) -> Any:
+    """A progress bar per rank (on a TTY only, unless ``cfg.progress`` says otherwise)."""
     disable = (not cfg.progress) if cfg.progress is not None else None
     return tqdm(total=total, desc=f"{desc} [rank {g.rank}/{g.world}]", position=g.rank,
                 disable=disable, unit="sample", leave=g.rank == 0)

@@ -53,6 +53,7 @@ def entry_point(spec: str, what: str) -> Callable[..., Any]:
 
 
 def module_file_sha(spec: str) -> str | None:
+    """SHA-256 of the source file of an entry point's module (``None`` if it has none)."""
     mod = sys.modules.get(spec.partition(":")[0])
     path = getattr(mod, "__file__", None)
     return sha256_file(path) if path and os.path.exists(path) else None
@@ -60,6 +61,8 @@ def module_file_sha(spec: str) -> str | None:
 
 
 def load_prompt_embeds(cfg: JobConfig) -> dict[str, torch.Tensor]:
+    """The named prompt embeddings of ``--prompt-embeds`` as ``(1, tokens, width)`` float
+    tensors (``{}`` without the option)."""
     if cfg.prompt_embeds is None:
         return {}
     path = Path(cfg.prompt_embeds)
@@ -80,6 +83,7 @@ def load_prompt_embeds(cfg: JobConfig) -> dict[str, torch.Tensor]:
 
 
 def tensor_sha(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bits (a sample's or an embedding's content hash)."""
     t = t.detach().to("cpu").contiguous()
     bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
     head = f"{t.dtype}|{tuple(t.shape)}|".encode()
@@ -242,6 +246,7 @@ class Prompts:
         self.sha = {k: tensor_sha(v) for k, v in self.embeds.items()}
 
     def name(self, sample_id: str) -> str | None:
+        """The embedding name of a sample (``None`` for an unconditional model)."""
         if not self.on:
             return None
         if self.table is not None:
@@ -251,6 +256,8 @@ class Prompts:
         return self.default
 
     def identity(self) -> dict[str, Any] | None:
+        """What the job records of the prompts: the default, a digest of the table, the
+        embeddings' hashes (``None`` for an unconditional model)."""
         if not self.on:
             return None
         return {"default": self.default, "table_sha256": None if self.table is None else
@@ -258,6 +265,7 @@ class Prompts:
                 "embeds_sha256": dict(sorted(self.sha.items()))}
 
     def batch(self, names: Sequence[str | None]) -> torch.Tensor | None:
+        """The embeddings of a batch's rows, stacked (``None`` for an unconditional model)."""
         if not self.on:
             return None
         return torch.cat([self.embeds[n] for n in names])

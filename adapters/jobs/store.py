@@ -37,7 +37,7 @@ from ..shards import (
 )
 from .config import EnvironmentMismatchError, JobConfig, JobError, JobSummary
 from .distributed import ProcessGroup
-from .environment import check_env
+from .env import check_env
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -48,12 +48,16 @@ __all__ = ["JOB_FILE", "MANIFEST", "SHARDS", "Job", "batches_of", "check_shard",
            "grid_record", "job_header", "latent_of", "part_path", "plan_key_json",
            "plan_key_tuple", "save_png", "shard_name"]
 
+#: the job record: settings, identity, environment, the grid
 JOB_FILE = "job.json"
+#: every record of the job, merged from the parts at the end
 MANIFEST = "manifest.jsonl"
+#: the folder of the shards and their manifest parts
 SHARDS = "shards"
 
 
 def save_png(path: Path, x: torch.Tensor) -> None:
+    """Write a ``(C, H, W)`` image in [−1, 1] as an 8-bit PNG (grey or RGB), atomically."""
     from PIL import Image
 
     a = ((x.detach().double().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
@@ -71,6 +75,7 @@ def save_png(path: Path, x: torch.Tensor) -> None:
 
 # ------------------------------------------------------------------ the job dir
 def grid_record(grid: Grid) -> dict[str, Any]:
+    """A grid as ``job.json`` records it: its fingerprint and every node's σ̄, timestep, α."""
     def arr(a: np.ndarray | None) -> list[float] | None:
         return None if a is None else [float(v) for v in a]
 
@@ -79,6 +84,8 @@ def grid_record(grid: Grid) -> dict[str, Any]:
 
 
 def grid_from_record(rec: Mapping[str, Any]) -> Grid:
+    """The :class:`~lmsolvers.Grid` of ``job.json`` (every node's σ̄, timestep and α),
+    checked against its recorded fingerprint."""
     g = Grid(rec["sigma_bar"], rec["timesteps"], rec["alphas"])
     if g.fingerprint() != rec["fingerprint"]:
         raise ShardError("the grid recorded in job.json does not match its own fingerprint "
@@ -87,6 +94,7 @@ def grid_from_record(rec: Mapping[str, Any]) -> Grid:
 
 
 def context_json(ctx: Mapping[str, Any] | Sequence[Any]) -> list[list[Any]]:
+    """A model-side context as a JSON-ready sorted list of ``[key, value]`` pairs."""
     items = ctx.items() if isinstance(ctx, Mapping) else ctx
     return [[k, v] for k, v in sorted(items)]
 
@@ -105,6 +113,8 @@ def _cfg_record(cfg: JobConfig) -> dict[str, Any]:
 
 def job_header(verb: str, cfg: JobConfig, backend: Backend, data: Dataset | None,
                 prompts: Prompts, env: dict[str, Any]) -> dict[str, Any]:
+    """The content of ``job.json``: the identity a resumed run must match (model, data, method,
+    grid, batch size, …), the environment, the settings and the grid."""
     m = backend.method
     plan_key = None
     if cfg.bitexact:
@@ -124,11 +134,13 @@ def job_header(verb: str, cfg: JobConfig, backend: Backend, data: Dataset | None
 
 
 def plan_key_json(key: tuple[Any, ...]) -> list[Any]:
+    """A bit-exact fixed-point plan key in JSON form."""
     dtype, fb, sb, top = key
     return [dtype, fb, sb, list(top)]
 
 
 def plan_key_tuple(rec: Sequence[Any]) -> tuple[Any, ...]:
+    """A bit-exact fixed-point plan key from its JSON form (:func:`plan_key_json`)."""
     dtype, fb, sb, top = rec
     return (dtype, int(fb), float(sb), tuple(float(v) for v in top))
 
@@ -337,10 +349,14 @@ def finish(g: ProcessGroup, out: Path, nbatches: int, summary: JobSummary,
 
 
 def batches_of(n: int, size: int) -> list[range]:
+    """The batches of ``n`` samples in batches of ``size``: batch ``b`` holds samples
+    ``b·size … (b+1)·size − 1``, whatever the number of ranks (docs/jobs.md, Determinism)."""
     return [range(s, min(n, s + size)) for s in range(0, n, size)]
 
 
 def common_record(header: Mapping[str, Any], backend: Backend) -> dict[str, Any]:
+    """The fields every manifest record of a job shares: the latents' identity, the model,
+    the dtypes, the environment."""
     i = header["identity"]
     return {"method": i["method"], "method_key": i["method_key"], "grid": i["grid"],
             "context": i["context"], "model": i["model"], "state_dtype": i["state_dtype"],

@@ -29,7 +29,7 @@ from ..shards import ShardError, read_shard, write_jsonl, write_shard
 from .backends import Backend, build_backend
 from .config import JobConfig, JobError, JobSummary
 from .distributed import ProcessGroup, process_group, progress_bar
-from .environment import check_env, env_diff, environment, resolve_device, setup_threads
+from .env import check_env, env_diff, environment, resolve_device, setup_threads
 from .inputs import Dataset, Prompts, tensor_sha
 from .store import (
     SHARDS,

@@ -24,6 +24,7 @@ ENV_KEYS = ("threads", "deterministic", "device", "torch", "diffusers", "lmsolve
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of a name; ``cuda`` without an index is ``cuda:LOCAL_RANK``."""
     dev = torch.device(name)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -64,12 +65,16 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
 
 
 def env_diff(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """The differences of the keys that change ε's bits (:data:`ENV_KEYS`), one line each."""
     return [f"{k}: {recorded.get(k)!r} recorded, {now.get(k)!r} now" for k in ENV_KEYS
             if recorded.get(k) != now.get(k)]
 
 
 def check_env(recorded: Mapping[str, Any], now: Mapping[str, Any], allow: bool,
                where: str) -> list[str]:
+    """Compare the environment ``now`` with the ``recorded`` one: a difference raises
+    :class:`EnvironmentMismatchError` naming it (``allow``: warns instead); returns the
+    differences."""
     diff = env_diff(recorded, now)
     if diff:
         msg = (f"{where}: the environment differs from the one the latents were computed in "
@@ -87,6 +92,7 @@ def check_env(recorded: Mapping[str, Any], now: Mapping[str, Any], allow: bool,
 
 
 def setup_threads(cfg: JobConfig) -> None:
+    """Set the job's torch thread count (and deterministic algorithms if asked)."""
     if not (isinstance(cfg.threads, int) and cfg.threads >= 1):
         raise JobError(f"threads must be a positive integer, got {cfg.threads!r}")
     torch.set_num_threads(cfg.threads)
