@@ -29,9 +29,9 @@ forward run starts:
 *Scope and lifetime.*  One registry per process (``BELMScheduler.handoff``), shared by the
 pair; an instance can carry its own.  It keeps the latest latent of the last ``capacity``
 inversions (default 4; each k states in the state dtype, on their device until evicted or
-:meth:`LatentHandoff.clear`), least recently used first out, and the probes of the last
-``remember`` output rows it can no longer resume (default 4096 rows × 64 values): an
-earlier node of an inversion that went on, or an evicted inversion.  A run from those
+:meth:`LatentHandoff.clear`), least recently used first out, and the probes of output rows
+it can no longer resume: every earlier node of a kept inversion, and the last ``remember``
+rows (per row shape; default 4096 rows × 64 values) of evicted ones.  A run from those
 warns (:class:`~lmsolvers.adapters.InvertedLatentWarning`) instead of silently sampling
 from one state.
 """
@@ -81,6 +81,53 @@ def _in_any_dtype(probes: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return hit
 
 
+class _Probes:
+    """Probes of output rows that can no longer be resumed (one row shape), oldest first:
+    appended in O(1) per step, merged into one tensor, with its roundings to every handed-off
+    dtype, only when a forward run looks."""
+
+    __slots__ = ("pending", "rows", "rounded")
+
+    def __init__(self) -> None:
+        self.pending: list[torch.Tensor] = []
+        self.rows: torch.Tensor | None = None  # (M, P) float64, oldest first
+        self.rounded: torch.Tensor | None = None  # (dtypes, M, P) float64
+
+    def __len__(self) -> int:
+        return (0 if self.rows is None else self.rows.shape[0]) + sum(
+            p.shape[0] for p in self.pending)
+
+    def add(self, probe: torch.Tensor) -> None:
+        self.pending.append(probe)
+
+    def keep_last(self, n: int) -> None:
+        """Forget all but the newest ``n`` rows."""
+        self._merge()
+        if self.rows is not None and self.rows.shape[0] > n:
+            self.rows, self.rounded = self.rows[self.rows.shape[0] - max(n, 0):], None
+
+    def _merge(self) -> None:
+        if self.pending:
+            parts = [] if self.rows is None else [self.rows]
+            parts += [p.to(torch.float64) for p in self.pending]
+            self.rows, self.rounded = torch.cat([q.to(parts[0].device) for q in parts]), None
+            self.pending.clear()
+
+    def seen(self, mine: torch.Tensor) -> list[bool]:
+        """For each row probe of ``mine``: whether it is one of these rows, in any dtype."""
+        self._merge()
+        if self.rows is None or self.rows.shape[0] == 0:
+            return [False] * mine.shape[0]
+        if self.rounded is None:
+            self.rounded = torch.stack([self.rows.to(d).to(torch.float64)
+                                        for d in HANDOFF_DTYPES])
+        want = mine.to(self.rows.device, torch.float64).unsqueeze(1)
+        hit = torch.zeros(mine.shape[0], dtype=torch.bool, device=want.device)
+        for have in self.rounded:  # one dtype at a time: (R, M, P) booleans at most
+            hit |= (have.unsqueeze(0) == want).all(-1).any(-1)
+        return hit.tolist()
+
+
 def _same_row(out_row: torch.Tensor, x_row: torch.Tensor) -> bool:
     """``x_row`` is ``out_row``, or ``out_row`` cast to a handed-off dtype (and back)."""
     if out_row.shape != x_row.shape:
@@ -101,7 +148,7 @@ class _Inversion:
         self.make_latent, self.dtype, self.shape, self.probe = make_latent, dtype, shape, probe
         self.latent: Latent | None = None
         #: probes of the outputs of this inversion's earlier nodes (seen, not resumable)
-        self.earlier: list[torch.Tensor] = []
+        self.earlier = _Probes()
 
     def get_latent(self) -> Latent:
         if self.latent is None:
@@ -149,8 +196,7 @@ class LatentHandoff:
         self._lock = threading.Lock()
         self._runs: OrderedDict[int, _Inversion] = OrderedDict()
         # probes of outputs that can no longer be resumed, per row shape, oldest first
-        self._seen: OrderedDict[tuple[int, ...], list[torch.Tensor]] = OrderedDict()
-        self._seen_rows = 0
+        self._seen: dict[tuple[int, ...], _Probes] = {}
         self._ids = itertools.count()
 
     def __len__(self) -> int:
@@ -174,7 +220,7 @@ class LatentHandoff:
                 # the inversion went on (the common case, once per step: kept lean): its
                 # previous node is only seen from now on
                 inv = self._runs[run]
-                inv.earlier.append(inv.probe)
+                inv.earlier.add(inv.probe)
                 inv.make_latent, inv.latent, inv.probe = make, None, probe
                 inv.dtype, inv.shape = x_top.dtype, tuple(x_top.shape)
                 return
@@ -183,21 +229,21 @@ class LatentHandoff:
             old = self._runs.pop(key, None)
             if old is not None:
                 entry.earlier = old.earlier
-                entry.earlier.append(old.probe)
+                entry.earlier.add(old.probe)
             self._runs[key] = entry
             while len(self._runs) > max(self.capacity, 0):
                 self._forget(self._runs.popitem(last=False)[1])
 
     def _forget(self, inv: _Inversion) -> None:
-        """Keep only the probes of an evicted inversion's outputs (lock held)."""
-        for probe in [*inv.earlier, inv.probe]:
-            self._seen.setdefault(inv.shape[1:], []).append(probe)
-            self._seen_rows += probe.shape[0]
-        while self._seen_rows > max(self.remember, 0) and self._seen:
-            shape, probes = next(iter(self._seen.items()))
-            self._seen_rows -= probes.pop(0).shape[0]
-            if not probes:
-                del self._seen[shape]
+        """Keep only the probes of an evicted inversion's outputs (lock held): the last
+        ``remember`` rows per row shape."""
+        bank = self._seen.setdefault(inv.shape[1:], _Probes())
+        if inv.earlier.rows is not None or inv.earlier.pending:
+            inv.earlier._merge()
+            bank.add(inv.earlier.rows)
+        bank.add(inv.probe)
+        if len(bank) > max(self.remember, 0):
+            bank.keep_last(max(self.remember, 0))
 
     def match(self, x: torch.Tensor) -> HandoffMatch:
         """Which rows of ``x`` are (casts of) rows of a registered inversion's output, and
@@ -208,21 +254,13 @@ class LatentHandoff:
         mine = _probe(x)
         rows: list[tuple[Latent, int] | None] = [None] * x.shape[0]
         with self._lock:
-            old = self._seen.get(row_shape)
-            if old:
-                if len(old) > 1:  # one tensor from here on: the next match is one pass
-                    old[:] = [torch.cat([p.to(torch.float64) for p in old])]
-                seen = _in_any_dtype(old[0], mine).any(1).tolist()
-            else:
-                seen = [False] * x.shape[0]
+            bank = self._seen.get(row_shape)
+            seen = bank.seen(mine) if bank is not None else [False] * x.shape[0]
             for rid, inv in reversed(self._runs.items()):  # the most recent first
                 if inv.shape[1:] != row_shape:
                     continue
-                if inv.earlier:
-                    if len(inv.earlier) > 1:
-                        inv.earlier[:] = [torch.cat([p.to(torch.float64)
-                                                     for p in inv.earlier])]
-                    earlier = _in_any_dtype(inv.earlier[0], mine).any(1).tolist()
+                if len(inv.earlier):
+                    earlier = inv.earlier.seen(mine)
                     seen = [a or b for a, b in zip(seen, earlier, strict=True)]
                 hits = _in_any_dtype(inv.probe, mine)
                 if not bool(hits.any()):
@@ -259,7 +297,6 @@ class LatentHandoff:
         with self._lock:
             self._runs.clear()
             self._seen.clear()
-            self._seen_rows = 0
 
 
 def gather_rows(rows: list[tuple[Latent, int]]) -> Latent:

@@ -645,3 +645,16 @@ def test_a_repeated_final_step_is_an_error(cls):
     with pytest.raises(ValueError, match="run already ended with that step"):
         s.step(dummy_model(x, t), t, x)
     loop(s, x)  # a new run from timesteps[0] is fine
+
+
+def test_handoff_remembers_the_last_rows_of_evicted_inversions():
+    reg = LatentHandoff(capacity=1, remember=3)
+    inv, fwd = _pair(n=6, handoff=reg)
+    x = rand(1, 4, 4, 4, seed=40, dtype=torch.float64)
+    outs = []
+    for t in inv.timesteps:
+        x = inv.step(dummy_model(x, t), t, x).prev_sample
+        outs.append(x)
+    _invert(inv, rand(1, 4, 4, 4, seed=41, dtype=torch.float64))  # evicts the first
+    assert [reg.match(o).seen for o in outs] == [[False]] * 3 + [[True]] * 3
+    assert reg.match(outs[-1].half()).seen == [True] and reg.lookup(outs[-1]) == (None, True)
