@@ -554,3 +554,21 @@ def test_data_outside_the_models_range_fails_per_sample(digits, tmp_path):
     code = main(["invert-dataset", "--model", MODEL, "--data", str(pixels), "--out",
                  str(tmp_path / "any"), "--steps", "2", "--data-range", "any", "--no-progress"])
     assert code == 0
+
+
+def test_resume_checks_the_parts_of_failed_batches_too(digits, tmp_path):
+    """A batch whose samples all failed has no shard: its part alone says it is done, so a
+    part copied from another such batch is caught by its ids."""
+    x = digits[:N].numpy().copy()
+    x[8:] = np.nan  # batches 2 and 3 fail entirely
+    data = tmp_path / "data.npy"
+    np.save(data, x)
+    job = tmp_path / "job"
+    invert_dataset(_cfg(job, data, roundtrip=False))
+    whole = _files(job)
+    (job / "manifest.jsonl").unlink()
+    shutil.copy(job / "shards" / "shard-000002.jsonl", job / "shards" / "shard-000003.jsonl")
+    with pytest.warns(RuntimeWarning, match="batch 3 is not what this job wrote"):
+        s = invert_dataset(_cfg(job, data, roundtrip=False))
+    assert (s.skipped, s.computed, s.failed) == (12, 4, 8)
+    assert _files(job) == whole

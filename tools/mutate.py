@@ -78,6 +78,7 @@ def jobs(*names: str) -> tuple[str, ...]:
 J_OUTPUT = "test_a_job_directory_is_never_the_output_of_another_command"
 J_DAMAGED = "test_a_damaged_job_record_is_a_one_line_error"
 J_RESUME = "test_resume_recomputes_batches_whose_files_are_not_their_own"
+J_FAILED = "test_resume_checks_the_parts_of_failed_batches_too"
 J_DATA = "test_resume_refuses_data_that_changed"
 J_RANGE = "test_data_outside_the_models_range_fails_per_sample"
 J_BAD = "test_bad_images_are_reported_and_the_job_goes_on"
@@ -305,9 +306,10 @@ MUTATIONS: list[Mutation] = [
       "    if False:\n        d, rel = owner\n",
       "a verify report may replace a job's own files", *jobs(J_OUTPUT)),
     M("jobs-store-part-ids-unchecked", "adapters/jobs/store.py",
-      "    if got != sorted(ids):\n",
+      "    if got != sorted((str(b), str(i)) for i in ids):\n",
       "    if False:\n",
-      "resume takes a part of another batch as done", *jobs(J_RESUME)),
+      "resume takes a part of another batch as done (shows where no shard is named)",
+      *jobs(J_FAILED)),
     M("jobs-store-shard-hash-unchecked", "adapters/jobs/store.py",
       'if path.stat().st_size != ok[0].get("shard_bytes") or sha256_file(path) != shas.pop():',
       'if path.stat().st_size != ok[0].get("shard_bytes"):',

@@ -285,12 +285,10 @@ def done_batch(out: Path, b: int, ids: Sequence[str]
         recs = read_jsonl(part)
     except (OSError, ShardError) as e:
         return None, f"its part is unreadable ({e})"
-    got = sorted(str(r.get("id")) for r in recs)
-    if got != sorted(ids):
-        return None, (f"its part {part.name} lists samples {got[:3]}… but batch {b} holds "
-                      f"{sorted(ids)[:3]}… (a part of another batch or job)")
-    if any(r.get("batch") != b for r in recs):
-        return None, f"its part {part.name} has records of another batch"
+    got = sorted((str(r.get("batch")), str(r.get("id"))) for r in recs)
+    if got != sorted((str(b), str(i)) for i in ids):
+        return None, (f"its part {part.name} lists (batch, sample) {got[:2]}… but batch {b} "
+                      f"holds samples {sorted(ids)[:2]}… (a part of another batch or job)")
     ok = sorted((r for r in recs if r.get("status") == "ok"), key=lambda r: r.get("offset", -1))
     if not ok:
         return recs, None
