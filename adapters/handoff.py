@@ -86,32 +86,46 @@ class _Probes:
     appended in O(1) per step, merged into one tensor, with its roundings to every handed-off
     dtype, only when a forward run looks."""
 
-    __slots__ = ("pending", "rows", "rounded")
+    __slots__ = ("pending", "rows", "rounded", "count")
 
     def __init__(self) -> None:
         self.pending: list[torch.Tensor] = []
         self.rows: torch.Tensor | None = None  # (M, P) float64, oldest first
         self.rounded: torch.Tensor | None = None  # (dtypes, M, P) float64
+        self.count = 0
 
     def __len__(self) -> int:
-        return (0 if self.rows is None else self.rows.shape[0]) + sum(
-            p.shape[0] for p in self.pending)
+        return self.count
 
     def add(self, probe: torch.Tensor) -> None:
         self.pending.append(probe)
+        self.count += probe.shape[0]
+
+    def move_to(self, other: _Probes) -> None:
+        """Append these rows, oldest first, to ``other`` (no copy, no merge)."""
+        if self.rows is not None:
+            other.add(self.rows)
+        for probe in self.pending:
+            other.add(probe)
 
     def keep_last(self, n: int) -> None:
         """Forget all but the newest ``n`` rows."""
         self._merge()
         if self.rows is not None and self.rows.shape[0] > n:
             self.rows, self.rounded = self.rows[self.rows.shape[0] - max(n, 0):], None
+            self.count = self.rows.shape[0]
 
     def _merge(self) -> None:
-        if self.pending:
-            parts = [] if self.rows is None else [self.rows]
-            parts += [p.to(torch.float64) for p in self.pending]
-            self.rows, self.rounded = torch.cat([q.to(parts[0].device) for q in parts]), None
-            self.pending.clear()
+        if not self.pending:
+            return
+        dev = self.pending[0].device if self.rows is None else self.rows.device
+        if len({(q.dtype, q.device) for q in self.pending}) == 1:  # one cat, one cast
+            new = torch.cat(self.pending).to(dev, torch.float64)
+        else:
+            new = torch.cat([q.to(dev, torch.float64) for q in self.pending])
+        self.rows = new if self.rows is None else torch.cat([self.rows, new])
+        self.rounded = None
+        self.pending.clear()
 
     def seen(self, mine: torch.Tensor) -> list[bool]:
         """For each row probe of ``mine``: whether it is one of these rows, in any dtype."""
@@ -238,9 +252,7 @@ class LatentHandoff:
         """Keep only the probes of an evicted inversion's outputs (lock held): the last
         ``remember`` rows per row shape."""
         bank = self._seen.setdefault(inv.shape[1:], _Probes())
-        if inv.earlier.rows is not None or inv.earlier.pending:
-            inv.earlier._merge()
-            bank.add(inv.earlier.rows)
+        inv.earlier.move_to(bank)
         bank.add(inv.probe)
         if len(bank) > max(self.remember, 0):
             bank.keep_last(max(self.remember, 0))
