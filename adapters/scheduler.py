@@ -902,8 +902,8 @@ class BELMScheduler(_LMSchedulerBase):
         eps_m = self._node_eps(model_output, sample, m, dtype)
         w.set_eps(m, eps_m)
         if m == 0:  # the zero step of a list ending at t = 0 onto ᾱ_0: the state stays
-            return self._finish(i, sample.clone(), self._x0_pred(0, eps_m, sample),
-                                return_dict)
+            x0 = self._x0_pred(0, eps_m, sample, model_output)
+            return self._finish(i, sample.clone(), x0, return_dict)
         r = m - 1
         if r in w:  # given by a loaded latent
             xr = w[r]
