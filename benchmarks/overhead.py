@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> str:
                        ("diffusers DDIMInverseScheduler.step", DDIMInverseScheduler),
                        ("lmsolvers BELMInverseScheduler.step (O-BELM)", BELMInverseScheduler)]:
         rows[label] = best_of(scheduler_loop(cls(**SD)), args.repeats) / n
+    # what the float64 state costs (a float32 state is not exact through fp16/fp32 models)
+    rows["lmsolvers BELMInverseScheduler.step (O-BELM, state_dtype float32)"] = best_of(
+        scheduler_loop(BELMInverseScheduler(**SD, state_dtype="float32")), args.repeats) / n
     dpm = DPMSolverMultistepScheduler(**{k: v for k, v in SD.items()
                                          if k != "set_alpha_to_one"})
 
