@@ -124,6 +124,7 @@ def plot_exp_roots(k: int, out: str | Path | None = None, ell_max: float = 1.5):
         ax.plot(z.real, z.imag, "o", mfc="none", ms=9, color="C0")
         ax.annotate(f"κ={kap.real:+.2f}", (z.real, z.imag), textcoords="offset points",
                     xytext=(6, 6), fontsize=8)
+    _mark_off_axes(ax, np.array([complex(z) for z, _ in m.growth]), 1.6, "C0")
     ax.set_title(f"{m.name}: roots of ρ on ȳ, growth parameters κ")
     ells = np.linspace(0.02, ell_max, 60)
     f = m._relation
