@@ -54,7 +54,7 @@ unet = UNet2DModel.from_pretrained(ROOT / "models" / "digits_ddpm").eval().requi
 scheduler = DDPMScheduler.from_pretrained(ROOT / "models" / "digits_ddpm")
 classifier = load_classifier().eval().requires_grad_(False)
 
-# LMSOLVERS_TINY=1 (CI's quick run): 20 steps and 16 candidate samples instead of 100 and 64
+# LMSOLVERS_TINY=1 (CI's quick run): 20 steps and 16 candidate samples instead of 100 and 256
 TINY = os.environ.get("LMSOLVERS_TINY", "") == "1"
 N = 20 if TINY else 100
 sampler = DiffusionSampler(unet, scheduler, N, disable_progress=True)
@@ -116,12 +116,12 @@ print(f"graph kept by the forward pass, {N} steps: full {mem['full']:.1f} MiB, "
 # reversal. The best iterate (classified as the target, closest to the original) is kept.
 
 # %% [markdown]
-# To keep the notebook short we steer an *ambiguous* sample: among 64 samples, the one the
+# To keep the notebook short we steer an *ambiguous* sample: among 256 samples, the one the
 # classifier is least sure about, towards its second choice. (A confident sample needs many
 # more iterations: its class basin is wide.)
 
 # %%
-candidates = torch.randn(16 if TINY else 64, 1, 8, 8,
+candidates = torch.randn(16 if TINY else 256, 1, 8, 8,
                          generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 with torch.no_grad():
     probs0 = classifier(sampler.sample(candidates).float()).softmax(-1)
