@@ -52,6 +52,6 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.jobs_throughput
 	$(BIN)/python -m benchmarks.kdiffusion_bench
 
-# Targeted mutation testing (tools/README.md): kill rate and survivors (~15–20 min).
+# Targeted mutation testing (tools/README.md): kill rate and survivors (~20 min).
 mutate: $(STAMP)
 	$(BIN)/python tools/mutate.py
