@@ -209,8 +209,10 @@ MUTATIONS: list[Mutation] = [
       '        if direction == "backward":\n            # a perturbation',
       "companion_growth: forward and backward swapped", T_STABILITY, T_EXACT),
     M("parasitic-norm-max", "lmsolvers/parasitic.py",
-      "best = max(best, float(np.linalg.norm(R, 2)))",
-      "best = max(best, float(np.abs(R).max()))",
+      "                return float(\"inf\")\n"
+      "            best = max(best, float(np.linalg.norm(R, 2)))",
+      "                return float(\"inf\")\n"
+      "            best = max(best, float(np.abs(R).max()))",
       "companion_growth: spectral norm replaced by the largest entry",
       T_STABILITY, "tests/test_design.py"),
     # --------------------------------------------------------- lmsolvers/families.py
@@ -354,8 +356,8 @@ MUTATIONS: list[Mutation] = [
       '    if grad == "full" and not torch.is_grad_enabled():\n',
       "grad='reversible' inside no_grad returns a tensor without a gradient", T_ROBUST),
     M("cli-order-ignored", "lmsolvers/cli.py",
-      "    if args.order is not None:\n",
-      "    if False:\n",
+      "    if args.order is not None:\n        # the whole variable-step family",
+      "    if False:\n        # the whole variable-step family",
       "derive --order prints a design of another order", f"{T_CLI}::test_derive_order_prints"
       "_the_family_of_that_order"),
     M("plots-off-axes-unmarked", "lmsolvers/plots.py",
