@@ -38,7 +38,8 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m sphinx -W --keep-going -q -b html docs/api out/docs
 
-# Regenerates the tracked tables and plots under benchmarks/results/ (about 20 min).
+# Regenerates the tracked tables and plots under benchmarks/results/ (about 2 hours on
+# 2 cores: docs/benchmarks.md lists each benchmark with its time).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.toy_convergence
 	$(BIN)/python -m benchmarks.digits_bench
@@ -51,6 +52,6 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.jobs_throughput
 	$(BIN)/python -m benchmarks.kdiffusion_bench
 
-# Targeted mutation testing (tools/README.md): kill rate and survivors (~15–20 min).
+# Targeted mutation testing (tools/README.md): kill rate and survivors (~20 min).
 mutate: $(STAMP)
 	$(BIN)/python tools/mutate.py

@@ -63,6 +63,7 @@ from .schedules import (
     schedule_from_scheduler,
 )
 from .transformers import flux_mu, make_call, model_family, sd3_mu
+from .weights import weights_digest
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -351,8 +352,10 @@ class DiffusersEps:
     def context(self) -> dict[str, Any]:
         """The model-side settings that change ε's bits, recorded in and checked against a
         latent: the applied guidance (FLUX: the guidance embedding and ``true_cfg_scale``),
-        the prediction type, the model's class, a digest of its config and its dtype (not
-        the prompt: editing changes it on purpose)."""
+        the prediction type, the model's class, a digest of its config, its dtype and a
+        digest of its weights (:func:`~lmsolvers.adapters.weights.weights_digest`: another
+        model of the same class and config, or an in-place update of a parameter, is
+        another ε); not the prompt: editing changes it on purpose."""
         cfg = {k: v for k, v in self.call.config.items() if not str(k).startswith("_")}
         text = json.dumps(cfg, sort_keys=True, default=repr)
         return {
@@ -361,6 +364,7 @@ class DiffusersEps:
             "model": type(self.model).__name__,
             "model_config": hashlib.blake2b(text.encode(), digest_size=8).hexdigest(),
             "model_dtype": str(self.dtype).removeprefix("torch."),
+            "model_weights": weights_digest(self.model),
         }
 
     def _check_grid(self, grid: Grid, ac: np.ndarray) -> None:

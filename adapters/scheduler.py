@@ -28,20 +28,20 @@ limit of the DDIM step as σ̄ → ∞), then the method runs on the finite grid
 (docs/design.md §9).  So ``BELMScheduler(method="ddim")`` on a flow config is
 ``FlowMatchEulerDiscreteScheduler`` up to round-off.
 
-**Exact resumption: the x_T hand-off.**  A k-step method's latent is k states
-(:class:`~lmsolvers.Latent`), a pipeline passes one ``latents`` tensor.  Two ways:
+**Exact resumption: the x_T hand-off** (the rule and its limits: docs/design.md §8).  A
+k-step method's latent is k states (:class:`~lmsolvers.Latent`), a pipeline passes one
+``latents`` tensor.  Two ways:
 
 * explicit: ``latents = pipe.scheduler.load_latent(latent, dtype=…)`` (checked at once,
   stays loaded until :meth:`BELMScheduler.clear_latent`);
-* implicit, DDIMInverse-style: each output of :class:`BELMInverseScheduler` is
-  registered with the latent of the inversion so far in a process-wide hand-off registry
-  (:class:`LatentHandoff`, shared by the scheduler pair); a :class:`BELMScheduler` run
-  that starts from a tensor with that content (in any floating dtype) at that node — the
-  top of the grid after a full inversion, a mid-schedule node after a partial one
-  (DiffEdit, img2img) — resumes from the full latent.  Handed an inverted state whose
-  latent it cannot use (evicted; another grid, method or start node), it warns with
-  :class:`InvertedLatentWarning`: sampling from that state alone is not the inverse
-  (relative error 2.5e3 at 10 O-BELM steps on the digits model).
+* implicit, DDIMInverse-style: :class:`BELMInverseScheduler` registers each inversion's
+  latest latent in a process-wide registry (:class:`LatentHandoff`,
+  :mod:`lmsolvers.adapters.handoff`); a :class:`BELMScheduler` run from a tensor whose rows
+  are rows of such an output — all of them, some, reordered, repeated, cast to another
+  floating dtype and back — at the node that inversion reached resumes each such row from
+  its full latent.  Rows that are (or were) inverted states it cannot resume (evicted;
+  another grid, method or start node; edited since) make it warn with
+  :class:`InvertedLatentWarning`: sampling from one state is not the inverse.
 
 The scheduler cannot see the pipeline's guidance scale: invert with the same one
 (docs/design.md §3).  Thresholding/clipping and stochastic steps (``eta ≠ 0``) are not
@@ -50,8 +50,8 @@ supported: they are not invertible.
 
 from __future__ import annotations
 
-import hashlib
-import threading
+import functools
+import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -73,6 +73,7 @@ from lmsolvers.method import LMMethod, StepCoefficients
 from lmsolvers.registry import method_from_name
 
 from .diffusers import _check_prediction_type, resolve_state_dtype, to_epsilon, top_prediction
+from .handoff import LatentHandoff, gather_rows
 from .schedules import (
     Schedule,
     _summarise,
@@ -93,8 +94,6 @@ __all__ = [
 ]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
-#: the dtypes a pipeline may cast handed-off latents to (identification only)
-_HANDOFF_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class InvertedLatentWarning(UserWarning):
@@ -114,94 +113,12 @@ class BELMSchedulerOutput(BaseOutput):
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
 
-
-def _digest(x: torch.Tensor) -> bytes:
-    """Content digest of a tensor (shape, dtype and bytes)."""
-    t = x.detach().contiguous().cpu()
-    d = hashlib.blake2b(digest_size=16)
-    d.update(repr((tuple(t.shape), str(t.dtype))).encode())
-    d.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return d.digest()
-
-
-def _digests(x: torch.Tensor) -> list[bytes]:
-    """Digests of ``x`` in every floating dtype a pipeline may cast it to: the hand-off
-    recognises ``latents`` after ``.to(dtype)`` (and ``* init_noise_sigma`` = 1)."""
-    out = [_digest(x)]
-    for dt in _HANDOFF_DTYPES:
-        if dt != x.dtype:
-            out.append(_digest(x.to(dt)))
-    return out
-
-
-class LatentHandoff:
-    """The registry through which :class:`BELMInverseScheduler` hands full latents to
-    :class:`BELMScheduler` (one instance per process, ``BELMScheduler.handoff``).
-
-    *What*: each inversion step registers the :class:`~lmsolvers.Latent` of the
-    inversion so far (the k states ending at the node it reached; after the last step the
-    full latent) under the content digests of its output (the tensor a DDIMInverse-style
-    workflow passes as ``latents=``) in every floating dtype.  A forward run looks its
-    first ``sample`` up by content (never by identity: pipelines copy latents) and resumes
-    the latent if it ends at the node the run starts at.
-    *Scope*: the process; any ``BELMScheduler`` can resume any registered latent whose
-    grid, method and prediction type match its run (checked, else
-    :class:`InvertedLatentWarning`).  *Lifetime and memory*: the last ``capacity``
-    latents (default 4; each holds k float64 states, on the device they were computed
-    on: with a GPU, that memory stays allocated until eviction or :meth:`clear`) are
-    kept, least recently used
-    evicted; the digests of evicted ones are remembered (``remember``, default 4096 ×
-    16 bytes) so that a run from their ``x_T`` still warns.  :meth:`clear` forgets
-    everything; ``BELMInverseScheduler(handoff=False)``-style opt-out is
-    ``BELMInverseScheduler.register_latents = False``.
-    """
-
-    def __init__(self, capacity: int = 4, remember: int = 4096) -> None:
-        self.capacity = int(capacity)
-        self.remember = int(remember)
-        self._lock = threading.Lock()
-        self._latents: OrderedDict[int, Latent] = OrderedDict()
-        self._keys: dict[bytes, int] = {}
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
-        self._next_id = 0
-
-    def __len__(self) -> int:
-        return len(self._latents)
-
-    def register(self, x_top: torch.Tensor, latent: Latent) -> None:
-        """Register ``latent`` as the full latent of the model-space tensor ``x_top``."""
-        keys = _digests(x_top)
-        with self._lock:
-            i, self._next_id = self._next_id, self._next_id + 1
-            self._latents[i] = latent
-            for key in keys:
-                self._keys[key] = i
-                self._seen[key] = None
-                self._seen.move_to_end(key)
-            while len(self._latents) > max(self.capacity, 0):
-                old, _ = self._latents.popitem(last=False)
-                for key in [k for k, v in self._keys.items() if v == old]:
-                    del self._keys[key]
-            while len(self._seen) > self.remember:
-                self._seen.popitem(last=False)
-
-    def lookup(self, x: torch.Tensor) -> tuple[Latent | None, bool]:
-        """``(latent, seen)``: the registered latent of ``x`` (or ``None``) and whether
-        ``x`` was ever the output of an inversion."""
-        key = _digest(x)
-        with self._lock:
-            i = self._keys.get(key)
-            if i is not None and i in self._latents:
-                self._latents.move_to_end(i)
-                return self._latents[i], True
-            return None, key in self._seen
-
-    def clear(self) -> None:
-        """Forget every registered latent and digest."""
-        with self._lock:
-            self._latents.clear()
-            self._keys.clear()
-            self._seen.clear()
+    def __post_init__(self) -> None:
+        # what BaseOutput's generic loop does for these two fields, without its per-field
+        # dataclasses.fields()/getattr walk (it costs as much as a step's arithmetic)
+        OrderedDict.__setitem__(self, "prev_sample", self.prev_sample)
+        if self.pred_original_sample is not None:
+            OrderedDict.__setitem__(self, "pred_original_sample", self.pred_original_sample)
 
 
 _HANDOFF = LatentHandoff()
@@ -224,6 +141,14 @@ def _scheduler_method(method: Any, bdia_gamma: float = 1.0) -> LMMethod:
         raise ValueError(f"method {m.name!r} is implicit (b_0 ≠ 0); a scheduler runs explicit "
                          "methods only")
     return m
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """Every entry finite: one sum, the element-wise test only when the sum is not finite
+    (NaN/Inf, or a sum that overflows: a false alarm costs time, never correctness)."""
+    if math.isfinite(float(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
 
 
 def _no_eps(x: torch.Tensor, sigma_bar: float) -> torch.Tensor:
@@ -303,6 +228,7 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
                              "needs a flow-matching config (flow=True, or BELMScheduler."
                              "from_config(FlowMatchEulerDiscreteScheduler config))")
         _check_prediction_type(self.config.prediction_type)
+        self._ptype = self.config.prediction_type
         if timestep_spacing not in ("leading", "trailing", "linspace"):
             raise ValueError(f"unsupported timestep_spacing {timestep_spacing!r} "
                              "(leading, trailing, linspace)")
@@ -471,6 +397,9 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
         if sch.top_timestep is not None and not self.is_flow:
             top_prediction(torch.zeros(1), torch.zeros(1), self.config.prediction_type)
         self.schedule, self.grid = sch, sch.grid
+        # the per-node numbers a step reads, as Python floats (no numpy scalar per step)
+        self._sbar = [float(v) for v in sch.grid.sigma_bar]
+        self._alpha = [float(v) for v in sch.grid.alphas]
         self.num_inference_steps = sch.num_model_calls if self._direction == "forward" \
             else sch.grid.N
         self._coeffs = self._prepare_method(self._method)
@@ -501,8 +430,12 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
         self._start_index: int | None = None
         self._entry: int | None = None
         self._shape: tuple[int, ...] | None = None
+        #: rows of a partly handed-off batch: node → (row mask, the latent's states there)
+        self._given: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _state_dtype(self, device: torch.device) -> torch.dtype:
+        if device.type == "cpu":  # the common case, without the MPS fallback's check
+            return _DTYPES[self.config.state_dtype]
         return resolve_state_dtype(_DTYPES[self.config.state_dtype], device)
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
@@ -590,7 +523,8 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
             raise RuntimeError("call set_timesteps before step")
         _check_tensor(sample, "sample")
         _check_tensor(model_output, "model_output")
-        t = _timestep_value(timestep)
+        t = float(timestep.item()) if type(timestep) is torch.Tensor and timestep.numel() == 1 \
+            else _timestep_value(timestep)
         n = len(self._ts_values)
         in_run = self._step_index is not None and self._step_index < n
         if in_run:
@@ -607,6 +541,12 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
                     f"sample has shape {tuple(sample.shape)} but this run started with shape "
                     f"{self._shape}: the batch size (or shape) cannot change in mid-run; call "
                     "set_timesteps(...) to start a new run")
+        elif self._step_index == n and n and t == self._ts_values[-1] and (
+                self._begin_index is None or self._begin_index != n - 1):
+            raise ValueError(
+                f"step at timestep {t:g} again: the run already ended with that step "
+                f"(timesteps[{n - 1}]), and a repeated timestep is an error (docs/design.md "
+                "§8); start a new run at timesteps[0] (or call set_timesteps(...))")
         elif self._begin_index is not None:
             i = self._begin_index
             if t != self._ts_values[i]:
@@ -630,12 +570,14 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
 
     def _node_eps(self, model_output: torch.Tensor, sample: torch.Tensor, m: int,
                   dtype: torch.dtype) -> torch.Tensor:
-        g = self.grid
-        alpha = float(g.alphas[m])
-        sigma = alpha * float(g.sigma_bar[m])
-        out = to_epsilon(model_output.to(dtype), sample.to(dtype), alpha, sigma,
-                         self.config.prediction_type)
-        if not bool(torch.isfinite(out).all()):
+        ptype = self._ptype
+        if ptype == "epsilon":  # the common case: ε is the model output, one cast
+            out = model_output.to(dtype)
+        else:
+            alpha = self._alpha[m]
+            out = to_epsilon(model_output.to(dtype), sample.to(dtype), alpha,
+                             alpha * self._sbar[m], ptype)
+        if not _finite(out):
             raise FloatingPointError(f"the model output is NaN/Inf at timestep "
                                      f"{self._node_timestep(m):g} (node {m})")
         return out
@@ -644,12 +586,20 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
         return self._ts_values[self._nodes.index(m)] if m in self._nodes \
             else float(self.grid.timesteps[m])
 
-    def _x0_pred(self, m: int, eps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``x̂_0 = x̄_m − σ̄_m ε`` (= ``(x − σ ε)/α``), in the pipeline's dtype."""
-        return (self._run.window[m] - float(self.grid.sigma_bar[m]) * eps).to(like.dtype)
+    def _x0_pred(self, m: int, eps: torch.Tensor, like: torch.Tensor,
+                 model_output: torch.Tensor) -> torch.Tensor:
+        """``x̂_0 = x̄_m − σ̄_m ε`` (= ``(x − σ ε)/α``), in the pipeline's dtype: for an
+        ε-prediction from the pipeline's own tensors, as DDIM computes it (two passes in
+        its dtype), else from the state."""
+        sbar = self._sbar[m]
+        if self._ptype == "epsilon" and model_output.dtype == like.dtype:
+            alpha = self._alpha[m]
+            return torch.add(like, model_output, alpha=-alpha * sbar).mul_(1.0 / alpha)
+        return torch.add(self._run.window[m], eps, alpha=-sbar).to(like.dtype)
 
     def _to_model(self, xbar: torch.Tensor, m: int, like: torch.Tensor) -> torch.Tensor:
-        return (xbar * float(self.grid.alphas[m])).to(like.dtype)
+        """``x = α_m x̄_m`` in the pipeline's dtype (rounded once, from the state dtype)."""
+        return torch.mul(xbar, self._alpha[m], out=torch.empty_like(like))
 
     def _sync_state(self, m: int, sample: torch.Tensor, dtype: torch.dtype) -> None:
         """Keep the stored state at node m unless the pipeline changed ``latents``."""
@@ -658,7 +608,7 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
             out = w.aux(m)
         except KeyError:
             out = None
-        if out is not None and torch.equal(out, sample.to(out.device)):
+        if out is not None and (out is sample or torch.equal(out, sample.to(out.device))):
             return
         warnings.warn(f"latents at timestep {self._node_timestep(m):g} differ from what the "
                       "scheduler returned; continuing from the given latents",
@@ -687,9 +637,9 @@ class BELMScheduler(_LMSchedulerBase):
     at: DDIM, ``x̄_{m−1} = x̄_m − h_m ε̄_m``, or for exponential methods the exponential
     Adams–Bashforth steps of orders 1, 2, all at grid nodes) and returns
     ``x_{m−1} = α_{m−1} x̄_{m−1}`` in the dtype of ``sample``.  At an α = 0 top node the step
-    is the entry step ``x̄_N = x̂_0 + σ̄_N ε̂``.  A run that starts at the top from the last output of a
-    :class:`BELMInverseScheduler` (found by content in :attr:`handoff`) resumes its full
-    latent; see the module docstring.
+    is the entry step ``x̄_N = x̂_0 + σ̄_N ε̂``.  A run that starts from (rows of) the output
+    of a :class:`BELMInverseScheduler` at the node it reached (found by content in
+    :attr:`handoff`) resumes the full latent of each such row; see the module docstring.
     """
 
     #: the process-wide hand-off registry shared with :class:`BELMInverseScheduler`
@@ -820,45 +770,87 @@ class BELMScheduler(_LMSchedulerBase):
                     "scheduler.clear_latent() to sample from other noise")
             return self._resume(latent, sample, dtype, index)
         entered = min(node, N)  # the α = 0 node enters the grid at node N
-        handed, seen = self.handoff.lookup(sample)
-        if handed is not None:
-            try:
-                self._check_latent(handed, g)
-                if handed.nodes[-1] != entered:
-                    raise LatentMismatchError(
-                        f"it is the inverted state at node {handed.nodes[-1]} (timestep "
-                        f"{float(g.timesteps[handed.nodes[-1]]):g}) but this run starts at "
-                        f"node {entered}")
-            except LatentMismatchError as exc:
-                warnings.warn(
-                    f"these latents are an output of a BELMInverseScheduler run, but its "
-                    f"latent does not fit this run ({exc}); sampling from this one state, "
-                    "which is NOT the inverse. Sample with the inversion's scheduler config, "
-                    "steps and method, from the node the inversion ended at",
-                    InvertedLatentWarning, stacklevel=4)
-            else:
-                if handed.states[0].shape == sample.shape:
-                    return self._resume(handed, sample, dtype, index)
-        elif seen:
-            warnings.warn(
-                "these latents are an output of a BELMInverseScheduler run whose full latent "
-                "is no longer registered (LatentHandoff keeps the last "
-                f"{self.handoff.capacity}); sampling from this one state is NOT the inverse. "
-                "Keep the inverse scheduler's .latent and pass "
-                "latents=scheduler.load_latent(latent)", InvertedLatentWarning,
-                stacklevel=4)
+        given = self._handed_off(sample, entered)
+        if given is not None and bool(given[0].all()):
+            return self._resume(given[1], sample, dtype, index)
         if k > 1 and self._method.starter == "rk4":
             raise ValueError(
                 f"method {self._method.name!r} starts with an RK4 starter, which needs "
                 "evaluations between grid nodes; a pipeline gives one per node. Sample it "
                 "with DiffusionSampler, or from a full latent (load_latent)")
         run = self._new_run(sample, dtype, index)
+        if given is not None:  # some rows resume their inversion, the others start afresh
+            mask, latent = given
+            rows = mask.to(sample.device).view(-1, *([1] * (sample.dim() - 1)))
+            self._given = {m: (rows, st.to(sample.device, dtype))
+                           for m, st in zip(latent.nodes, latent.states, strict=True)}
         if node <= N:
-            run.window.put(node, sample.to(dtype) / float(g.alphas[node]), aux=sample)
+            run.window.put(node, self._given_rows(node, sample.to(dtype) / float(g.alphas[node])),
+                           aux=sample)
             self._entry = node
         else:
             self._entry = N
         return run
+
+    def _given_rows(self, m: int, x: torch.Tensor) -> torch.Tensor:
+        """``x`` at node m, with the rows a handed-off latent gives taken from it."""
+        if m not in self._given:
+            return x
+        rows, st = self._given.pop(m)
+        return torch.where(rows, st, x)
+
+    def _handed_off(self, sample: torch.Tensor, entered: int
+                    ) -> tuple[torch.Tensor, Latent] | None:
+        """The rows of ``sample`` that are inverted states this run can resume, as
+        ``(row mask, their latent)`` (``None``: none); warns (InvertedLatentWarning) for rows
+        that are, or were, inverted states it cannot resume."""
+        match = self.handoff.match(sample)
+        if not match.any_seen:
+            return None
+        g = self.grid
+        fits: dict[int, LatentMismatchError | None] = {}
+        for row in match.rows:
+            if row is None or id(row[0]) in fits:
+                continue
+            lat = row[0]
+            try:
+                self._check_latent(lat, g)
+                if lat.nodes[-1] != entered:
+                    raise LatentMismatchError(
+                        f"it is the inverted state at node {lat.nodes[-1]} (timestep "
+                        f"{float(g.timesteps[lat.nodes[-1]]):g}) but this run starts at "
+                        f"node {entered}")
+                fits[id(lat)] = None
+            except LatentMismatchError as exc:
+                fits[id(lat)] = exc
+        for exc in dict.fromkeys(e for e in fits.values() if e is not None):
+            warnings.warn(
+                f"these latents are an output of a BELMInverseScheduler run, but its "
+                f"latent does not fit this run ({exc}); sampling from this one state, "
+                "which is NOT the inverse. Sample with the inversion's scheduler config, "
+                "steps and method, from the node the inversion ended at",
+                InvertedLatentWarning, stacklevel=5)
+        lost = [i for i, (row, seen) in enumerate(zip(match.rows, match.seen, strict=True))
+                if row is None and seen]
+        if lost:
+            warnings.warn(
+                f"rows {lost} of these latents are (or were) an output of a "
+                "BELMInverseScheduler run whose latent is no longer registered (an earlier "
+                "node of an inversion that went on, an inverted state edited since, or an "
+                f"inversion evicted: LatentHandoff keeps the last {self.handoff.capacity}); "
+                "sampling from one state is NOT the inverse. Keep the inverse scheduler's "
+                ".latent and pass latents=scheduler.load_latent(latent)",
+                InvertedLatentWarning, stacklevel=5)
+        ok = [row is not None and fits[id(row[0])] is None for row in match.rows]
+        if not any(ok):
+            return None
+        picked = [row for row, use in zip(match.rows, ok, strict=True) if use]
+        latent = gather_rows(picked)  # type: ignore[arg-type]
+        if not all(ok):  # rows without a latent keep a placeholder (masked out)
+            it = iter(range(len(picked)))
+            index = torch.tensor([next(it) if use else 0 for use in ok])
+            latent = latent.with_states(tuple(st[index] for st in latent.states))
+        return torch.tensor(ok), latent
 
     def step(
         self,
@@ -899,7 +891,7 @@ class BELMScheduler(_LMSchedulerBase):
                 if not bool(torch.isfinite(x0).all() and torch.isfinite(eps).all()):
                     raise FloatingPointError("the model output is NaN/Inf at the α = 0 top "
                                              f"timestep {self._ts_values[i]:g}")
-                xN = x0 + float(g.sigma_bar[N]) * eps
+                xN = self._given_rows(N, x0 + float(g.sigma_bar[N]) * eps)
                 prev = self._to_model(xN, N, sample)
                 w.put(N, xN, aux=prev)
                 x0 = x0.to(sample.dtype)
@@ -910,8 +902,8 @@ class BELMScheduler(_LMSchedulerBase):
         eps_m = self._node_eps(model_output, sample, m, dtype)
         w.set_eps(m, eps_m)
         if m == 0:  # the zero step of a list ending at t = 0 onto ᾱ_0: the state stays
-            return self._finish(i, sample.clone(), self._x0_pred(0, eps_m, sample),
-                                return_dict)
+            x0 = self._x0_pred(0, eps_m, sample, model_output)
+            return self._finish(i, sample.clone(), x0, return_dict)
         r = m - 1
         if r in w:  # given by a loaded latent
             xr = w[r]
@@ -919,7 +911,9 @@ class BELMScheduler(_LMSchedulerBase):
             xr = self._method.starter_state(w, m, r)
         else:
             xr = lm_step(self._coeffs, r, w)
-        x0 = self._x0_pred(m, eps_m, sample)
+        if self._given:  # rows resumed from a handed-off latent
+            xr = self._given_rows(r, xr)
+        x0 = self._x0_pred(m, eps_m, sample, model_output)
         prev = self._to_model(xr, r, sample)
         w.put(r, xr, aux=prev)
         for old in [n for n in w.nodes if n >= r + k]:
@@ -947,9 +941,9 @@ class BELMInverseScheduler(_LMSchedulerBase):
     approximate and does not matter, docs/design.md §3).  Steps follow ``timesteps`` in
     order, as for :class:`BELMScheduler`.  After the last step :attr:`latent` is the
     :class:`~lmsolvers.Latent` to sample back from; every step (if ``register_latents``,
-    the default) registers the latent so far in :attr:`handoff` under the content of its
-    output, so that a :class:`BELMScheduler` run started from that output at that node
-    resumes it exactly.  Its
+    the default) registers the latent so far in :attr:`handoff` (one place per inversion,
+    replaced at each step), so that a :class:`BELMScheduler` run started from that output,
+    or rows of it, at that node resumes it exactly.  Its
     context records only the prediction type (the scheduler cannot see the guidance):
     ``DiffusionSampler.sample`` takes it after ``latent.with_context(sampler.context)``.
     """
@@ -996,9 +990,12 @@ class BELMInverseScheduler(_LMSchedulerBase):
         m = self._nodes[i]
         if not (self._step_index is not None and self._step_index < len(self._nodes)):
             run = self._new_run(sample, dtype, i)
-            run.window.put(m, sample.to(dtype) / float(g.alphas[m]), aux=sample)
+            run.window.put(m, sample.to(dtype) / self._alpha[m], aux=sample)
             self._entry = m
             self.latent = None
+            # one place in the hand-off registry per inversion, whatever its length
+            self._handoff_run = self.handoff.new_run()
+            self._context = freeze_context({"prediction_type": self._ptype})
         else:
             run = self._run
             self._sync_state(m, sample, dtype)
@@ -1006,10 +1003,10 @@ class BELMInverseScheduler(_LMSchedulerBase):
         eps_m = self._node_eps(model_output, sample, m, dtype)
         w.set_eps(m, eps_m)
         if m < self._entry + k - 1:
-            xn = euler_step(w[m], float(g.sigma_bar[m + 1]) - float(g.sigma_bar[m]), eps_m)
+            xn = euler_step(w[m], self._sbar[m + 1] - self._sbar[m], eps_m)
         else:
             xn = lm_step_inverse(self._coeffs, m + 1 - k, w)
-        x0 = self._x0_pred(m, eps_m, sample)
+        x0 = self._x0_pred(m, eps_m, sample, model_output)
         if m >= self._entry + k - 1:
             w.drop(m + 1 - k)
         nxt = self._to_model(xn, m + 1, sample)
@@ -1017,17 +1014,15 @@ class BELMInverseScheduler(_LMSchedulerBase):
         self._step_index = i + 1
         if m + 1 - self._entry >= k - 1:
             # the k states ending at node m + 1: the latent of a (partial) inversion that
-            # stops here — DiffEdit or img2img at strength < 1 resume from it mid-schedule
+            # stops here — DiffEdit or img2img at strength < 1 resume from it mid-schedule.
+            # Built only when asked for (the hand-off registry calls it on a match).
             nodes = tuple(range(m + 2 - k, m + 2))
-            part = Latent(states=tuple(w[j] for j in nodes), method=self._method.name,
-                          method_key=self._method.key, grid=g,
-                          context=freeze_context(
-                              {"prediction_type": self.config.prediction_type}),
-                          nodes=nodes)
+            part = functools.partial(Latent, tuple([w[j] for j in nodes]), self._method.name,
+                                     self._method.key, g, self._context, nodes)
             if m + 1 == N:
-                self.latent = part
+                self.latent = part()
             if self.register_latents:
-                self.handoff.register(nxt, part)
+                self.handoff.register(nxt, part, run=self._handoff_run)
         if not return_dict:
             return (nxt, x0)
         return BELMSchedulerOutput(prev_sample=nxt, pred_original_sample=x0)

@@ -350,7 +350,23 @@ class UNetCall(_Call):
             raise ValueError(f"{name} has {x.shape[1]} channels but the model takes "
                              f"in_channels = {c}: expected shape (B, {c}, H, W), got "
                              f"{tuple(x.shape)}")
+        factor = self.size_multiple()
+        if x.shape[2] % factor or x.shape[3] % factor:
+            raise ValueError(
+                f"{name} is {x.shape[2]}×{x.shape[3]}, but this {type(self.model).__name__} "
+                f"downsamples by {factor}: height and width must be multiples of {factor}"
+                + ("" if size is None else f" (it was trained at sample_size {size})")
+                + "; resize or pad the images")
         self.check_batch(x.shape[0], name)
+
+    def size_multiple(self) -> int:
+        """What height and width must be multiples of: a ``UNet2DModel`` halves them in
+        every down block but the last and cannot upsample back to an odd size (a
+        ``UNet2DConditionModel`` forwards the sizes to its up blocks, so any size works)."""
+        blocks = self.config.get("down_block_types")
+        if type(self.model).__name__ != "UNet2DModel" or not blocks:
+            return 1
+        return 2 ** (len(blocks) - 1)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]

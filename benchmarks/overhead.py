@@ -1,7 +1,14 @@
-"""Per-step sampler cost without the network: our O-BELM loop vs diffusers' schedulers.
+"""Per-step sampler cost without the network: our O-BELM loop and scheduler pair vs
+diffusers' schedulers, and the cost of the model-weights digest of a latent's identity.
 
 ε is a precomputed tensor (no work), the latent 4×64×64 (SD-sized), float32, one
-thread.  Reports microseconds per step and the ratio to ``DDIMScheduler.step``.
+thread.  Reports microseconds per step and the ratio to ``DDIMScheduler.step`` (and, for
+``BELMInverseScheduler.step``, to ``DDIMInverseScheduler.step``).  The scheduler loops run
+as a pipeline runs them (``set_timesteps`` once, then one run after another, each from
+``timesteps[0]``), so a run's start — the x_T hand-off's look-up — is in the per-step
+figure.  The weights digest (:func:`lmsolvers.adapters.weights.weights_digest`) is timed
+on the digits UNet and the tiny SD UNet: the first call hashes every parameter, later
+calls check the parameters' version counters only.
 Run: ``.venv/bin/python -m benchmarks.overhead [--steps 50] [--repeats 20]``.
 """
 
@@ -12,7 +19,15 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import (
+    DDIMInverseScheduler,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    UNet2DModel,
+)
+from lmsolvers.adapters import BELMInverseScheduler, BELMScheduler
+from lmsolvers.adapters.tiny import tiny_conditional_unet
+from lmsolvers.adapters.weights import weights_digest
 
 import lmsolvers as L
 from lmsolvers.grid import alphas_cumprod_from_betas, scaled_linear_betas, spaced_timesteps
@@ -33,6 +48,27 @@ def best_of(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def digest_rows(repeats: int = 20) -> list[list[str]]:
+    """The weights digest's cost on the digits UNet and the tiny SD UNet: a fresh model
+    object per first-call sample (the cache is per object), then the cached call."""
+    out = []
+    for name, make in [("digits UNet (models/digits_ddpm)",
+                        lambda: UNet2DModel.from_pretrained(REPO_ROOT / "models" / "digits_ddpm")),
+                       ("tiny SD UNet (lmsolvers.adapters.tiny)", tiny_conditional_unet)]:
+        models = [make() for _ in range(5)]
+        first = min(best_of_once(lambda m=m: weights_digest(m)) for m in models)
+        later = best_of(lambda m=models[0]: weights_digest(m), repeats)
+        size = sum(p.numel() for p in models[0].parameters())
+        out.append([name, f"{size:,}", f"{first * 1e3:.2f}", f"{later * 1e6:.0f}"])
+    return out
+
+
+def best_of_once(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -63,15 +99,23 @@ def main(argv: list[str] | None = None) -> str:
             rows[label] = best_of(lambda m=m, c=check: L.sample(
                 eps, grid, m, x, disable=True, check_finite=c), args.repeats) / n
 
-    ddim = DDIMScheduler(**SD)
-    ddim.set_timesteps(n)
+    def scheduler_loop(sched):
+        sched.set_timesteps(n)
 
-    def run_ddim():
-        y = x
-        for t in ddim.timesteps:
-            y = ddim.step(e, t, y).prev_sample
+        def run():
+            y = x
+            for t in sched.timesteps:
+                y = sched.step(e, t, y).prev_sample
+        return run
 
-    rows["diffusers DDIMScheduler.step"] = best_of(run_ddim, args.repeats) / n
+    for label, cls in [("diffusers DDIMScheduler.step", DDIMScheduler),
+                       ("lmsolvers BELMScheduler.step (O-BELM)", BELMScheduler),
+                       ("diffusers DDIMInverseScheduler.step", DDIMInverseScheduler),
+                       ("lmsolvers BELMInverseScheduler.step (O-BELM)", BELMInverseScheduler)]:
+        rows[label] = best_of(scheduler_loop(cls(**SD)), args.repeats) / n
+    # what the float64 state costs (a float32 state is not exact through fp16/fp32 models)
+    rows["lmsolvers BELMInverseScheduler.step (O-BELM, state_dtype float32)"] = best_of(
+        scheduler_loop(BELMInverseScheduler(**SD, state_dtype="float32")), args.repeats) / n
     dpm = DPMSolverMultistepScheduler(**{k: v for k, v in SD.items()
                                          if k != "set_alpha_to_one"})
 
@@ -83,10 +127,21 @@ def main(argv: list[str] | None = None) -> str:
 
     rows["diffusers DPMSolverMultistepScheduler.step"] = best_of(run_dpm, args.repeats) / n
     ref = rows["diffusers DDIMScheduler.step"]
+    ref_inv = rows["diffusers DDIMInverseScheduler.step"]
+
+    def ratio(k: str, v: float) -> str:
+        inverse = "Inverse" in k
+        return f"{v / (ref_inv if inverse else ref):.2f}" + (" (to DDIMInverse)" if inverse
+                                                              else "")
+
     lines = [f"Per-step cost without the network: 1×4×64×64 float32, {n} steps, 1 thread, "
              f"best of {args.repeats}.", "",
              markdown_table(["sampler", "µs / step", "ratio to DDIMScheduler.step"],
-                            ([k, f"{v * 1e6:.1f}", f"{v / ref:.2f}"] for k, v in rows.items()))]
+                            ([k, f"{v * 1e6:.1f}", ratio(k, v)] for k, v in rows.items())),
+             "", "Model-weights digest of a latent's identity (`weights_digest`), best of "
+             f"{args.repeats}:", "",
+             markdown_table(["model", "parameters", "first call (hash) ms",
+                             "later calls (version check) µs"], digest_rows())]
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -112,16 +112,31 @@ def _derive(args: argparse.Namespace) -> int:
     from .analysis import analyze, root_condition
     from .design import belm_family, design, max_stable_order
 
-    k, st = args.steps, args.stability
+    k = args.steps
     out = sp.latex if args.latex else sp.sstr
-    if args.order is not None and args.order != max_stable_order(k, st):
+    if args.order is not None:
+        # the whole variable-step family of that order: what --order asks for, whatever
+        # the designs' orders are (the k = 4 designs have order 4 at equal steps but 3 on
+        # variable grids, so printing a design would silently answer another question)
+        if args.stability is not None:
+            raise ValueError("--order prints the whole family of order P (no stability "
+                             "requirement); --stability selects one designed member: give "
+                             "one of them")
         a, b, params = belm_family(k, args.order)
-        print(f"{k}-step BELM family of order {args.order}, free parameters {params}")
+        print(f"{k}-step BELM family of order {args.order} on variable steps, free "
+              f"parameters {params or 'none'}")
+        print("  x_{i-1} = sum_j a_j x_{i-1+j} + sum_j b_j h_{i-1+j} eps_{i-1+j};"
+              "  h1..hk = h_i..h_{i+k-1}")
         for j, e in enumerate(a, 1):
             print(f"  a{j} = {out(e)}")
         for j, e in enumerate(b):
             print(f"  b{j} = {out(e)}")
+        print(f"  order (variable steps) = {args.order} for every value of the free parameters "
+              f"(solved from C_0 = … = C_{args.order} = 0); the zero-stable designs of "
+              f"{k} steps have order {max_stable_order(k, 'bidirectional')} at equal steps "
+              "(lmsolvers derive without --order)")
         return 0
+    st = args.stability or "bidirectional"
     d = design(k, st)
     m = d.method
     A = analyze(m)
@@ -189,12 +204,13 @@ def _table(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from .plots import plot_design_roots, plot_exp_roots
 
+    # under out/ (git-ignored in a checkout): a plot never leaves an untracked file behind
     if args.form == "data":
-        out = args.out or f"ebelm{args.steps}_roots.png"
+        out = args.out or f"out/ebelm{args.steps}_roots.png"
         plot_exp_roots(args.steps, out=out)
         print(f"wrote {out}")
         return 0
-    out = args.out or f"belm{args.steps}_roots.png"
+    out = args.out or f"out/belm{args.steps}_roots.png"
     plot_design_roots(args.steps, out=out)
     print(f"wrote {out}")
     return 0
@@ -209,6 +225,19 @@ def _shape(text: str) -> tuple[int, ...]:
     if len(dims) != 3 or min(dims) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not C,H,W with positive sizes")
     return dims
+
+
+def _data_range(text: str) -> tuple[float, float] | str:
+    """``LO,HI`` (numbers, LO < HI) or ``any``."""
+    if text.strip().lower() == "any":
+        return "any"
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI or 'any'") from None
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"{text!r}: LO must be below HI")
+    return lo, hi
 
 
 def _real(text: str) -> float:
@@ -246,7 +275,8 @@ def _report(summary) -> int:
 def _invert_dataset(args: argparse.Namespace) -> int:
     from .adapters.jobs import invert_dataset
 
-    return _report(invert_dataset(_job_config(args, data=args.data, roundtrip=args.roundtrip)))
+    return _report(invert_dataset(_job_config(args, data=args.data, roundtrip=args.roundtrip,
+                                              data_range=args.data_range)))
 
 
 def _sample_dataset(args: argparse.Namespace) -> int:
@@ -294,6 +324,10 @@ def _job_arguments(p: argparse.ArgumentParser, dataset: bool) -> None:
         p.add_argument("--data", required=True, metavar="PATH",
                        help="folder of images, .npy or .safetensors tensor (N,C,H,W), or "
                             "MODULE:FUNCTION returning one")
+        p.add_argument("--data-range", type=_data_range, default=None, metavar="LO,HI",
+                       help="range of the model's data; samples outside it fail (default: "
+                            "the model's own, [-1,1] for pixel-space UNet2DModels; 'any': "
+                            "no check)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--method", default=None, help="method name (default: the sampler's "
                    "default exact configuration; obelm for --eps)")
@@ -354,9 +388,11 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("derive", help="derive a k-step BELM and analyse it")
     d.add_argument("--steps", "-k", **steps)
     d.add_argument("--order", type=_positive, default=None, metavar="P",
-                   help="the whole variable-step family of order P (≤ 2k-2), "
-                        "free parameters symbolic")
-    d.add_argument("--stability", **stab)
+                   help="print the whole variable-step family of order P (≤ 2k-2), free "
+                        "parameters symbolic, instead of a designed member")
+    d.add_argument("--stability", choices=_STABILITIES, default=None,
+                   help="design requirement of the member printed (default: bidirectional; "
+                        "not with --order)")
     d.add_argument("--latex", action="store_true", help="print coefficients as LaTeX")
     d.add_argument("--form", **form)
     d.set_defaults(func=_derive)
@@ -371,7 +407,9 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="root plot / root locus of the k-step designs (PNG)")
     pl.add_argument("--steps", "-k", **steps)
     pl.add_argument("--form", **form)
-    pl.add_argument("--out", default=None, help="PNG path (default belm{k}_roots.png)")
+    pl.add_argument("--out", default=None,
+                    help="PNG path (default out/belm{k}_roots.png, out/ebelm{k}_roots.png with "
+                         "--form data; out/ is git-ignored)")
     pl.set_defaults(func=_plot)
     t = sub.add_parser("table", help="the k = 1..5 BELM table (progress on stderr)")
     t.add_argument("--kmax", type=_kmax, default=5, metavar="K", help="last k, 1..5")

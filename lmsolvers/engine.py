@@ -81,6 +81,35 @@ class CountingEps:
         return self.eps(x, s)
 
 
+def _version(x: torch.Tensor) -> int | None:
+    try:
+        return x._version
+    except RuntimeError:  # inference-mode tensors keep no version counter
+        return None
+
+
+def call_unmodified(eps: EpsFn, x: torch.Tensor, s: float, where: str) -> Any:
+    """``eps(x, s)``, refusing an ε that changes its input in place (its version counter
+    moved, or autograd refused the in-place change of a leaf): the solver keeps that state
+    and evaluates ε at it again in the other direction (docs/design.md §4, condition 4)."""
+    before = _version(x)
+    try:
+        e = eps(x, s)
+    except RuntimeError as exc:
+        if "in-place operation" not in str(exc):
+            raise
+        changed = True
+    else:
+        changed = before is not None and _version(x) != before
+    if changed:
+        raise ValueError(
+            f"eps changed its input in place at {where} (sigma_bar = {s:.6g}): ε must leave "
+            "the state x̄ unchanged — the solver keeps it and evaluates ε there again in the "
+            "other direction (docs/design.md §4, condition 4); compute out of place "
+            "(x * 2, not x.mul_(2))")
+    return e
+
+
 class EpsEvaluator:
     """Calls ε on states like ``like``, counts the calls (``nfev``) and checks each output.
 
@@ -99,7 +128,7 @@ class EpsEvaluator:
         self._like = like  # its size is read only when ε fails
 
     def __call__(self, x: torch.Tensor, s: float, where: str) -> torch.Tensor:
-        e = self.eps(x, s)
+        e = call_unmodified(self.eps, x, s, where)
         self.nfev += 1
         if not isinstance(e, torch.Tensor):
             raise TypeError(f"eps must return a torch.Tensor, got {type(e).__name__}")

@@ -21,6 +21,7 @@ step needs are kept, whatever N is.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,32 @@ from .registry import method_from_name
 from .reversal import GRAD_MODES, differentiable_eps, reversible_sample
 
 __all__ = ["sample", "invert", "ddim_inversion"]
+
+
+def _check_arguments(eps: Any, grid: Any, what: str) -> None:
+    """Refuse, in one line naming the fix, the argument mistakes that would otherwise fail
+    deep inside a run: swapped ``eps``/``grid``, a non-Grid, an ε that cannot be called as
+    ``eps(x, sigma_bar)``."""
+    if isinstance(eps, Grid) and callable(grid):
+        raise TypeError(f"{what}(eps, grid, method, x): eps and grid are swapped (got a Grid "
+                        "first, a callable second); pass the ε-function first, then the Grid")
+    if not callable(eps):
+        raise TypeError(f"{what}: eps must be a callable eps(x, sigma_bar), got "
+                        f"{type(eps).__name__}")
+    if not isinstance(grid, Grid):
+        raise TypeError(f"{what}: grid must be an lmsolvers Grid (e.g. Grid.power, "
+                        f"grid_from_scheduler), got {type(grid).__name__}")
+    try:
+        signature = inspect.signature(eps)
+    except (TypeError, ValueError):  # a builtin without a signature: called as is
+        return
+    try:
+        signature.bind(None, 0.0)
+    except TypeError:
+        name = getattr(eps, "__qualname__", type(eps).__name__)
+        raise TypeError(f"{what}: eps must take two arguments, eps(x, sigma_bar) (the batched "
+                        f"state and σ̄ as a float); {name}{signature} cannot be called "
+                        "that way") from None
 
 
 def _integrator(method: Any, x: Any, bitexact: bool, debug: bool, frac_bits: int | None,
@@ -143,6 +170,11 @@ def sample(
     """
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
+    _check_arguments(eps, grid, "sample")
+    if grad is not None and not torch.is_grad_enabled():
+        raise RuntimeError(f"grad={grad!r} inside torch.no_grad() (or inference mode): "
+                           "autograd is off, so the result would carry no gradient; call "
+                           "sample outside no_grad")
     integ = _integrator(method, x, bitexact, debug, frac_bits, state_bound)
     from_latent = isinstance(x, Latent)
     if from_latent:
@@ -163,8 +195,6 @@ def sample(
         if params is not None:
             raise ValueError("params is for grad='reversible'; grad='full' differentiates "
                              "whatever autograd reaches")
-        if not torch.is_grad_enabled():
-            raise RuntimeError("grad='full' inside torch.no_grad(): autograd is off")
         eps = differentiable_eps(eps)
     plan = integ.prepare(grid, like.dtype, "forward")
     N, span = grid.N, integ.span
@@ -216,6 +246,7 @@ def invert(
     :func:`sample`).  Raises ``ValueError`` if ``1/a_k`` of some step overflows the
     working dtype.
     """
+    _check_arguments(eps, grid, "invert")
     integ = _integrator(method, None, bitexact, debug, frac_bits, state_bound)
     why = integ.why_not_invertible()
     if why is not None:
@@ -258,6 +289,7 @@ def ddim_inversion(
     ``sample(eps, grid, ddim(), ddim_inversion(...))`` drifts from x̄_0 by O(h).  The
     latent is labelled as DDIM's (so DDIM sampling accepts it).
     """
+    _check_arguments(eps, grid, "ddim_inversion")
     method = ddim()
     check_state(x0, "x0")
     with Run(eps, grid, x0, check_finite=check_finite, callback=callback, disable=disable,

@@ -20,6 +20,20 @@ from .expdesign import ebelm
 __all__ = ["plot_design_roots", "plot_exp_roots"]
 
 
+def _mark_off_axes(ax, roots: np.ndarray, lim: float, color: str) -> None:
+    """A root beyond the square ``[−lim, lim]²`` would be silently clipped: draw an arrow
+    at the edge in its direction, labelled with its value."""
+    off = sorted((z for z in roots if max(abs(z.real), abs(z.imag)) > lim), key=abs)
+    for n, z in enumerate(off):
+        size = max(abs(z.real), abs(z.imag))
+        edge = z / size * (0.86 * lim)  # on the boundary, towards the root
+        ax.annotate(f"ζ = {z.real:.2f}" + (f"{z.imag:+.2f}i" if abs(z.imag) > 1e-9 else "")
+                    + " (off axes)", xy=(edge.real, edge.imag),
+                    xytext=(edge.real * 0.55, edge.imag * 0.55 + (0.25 + 0.12 * n) * lim),
+                    fontsize=7, color=color, ha="center",
+                    arrowprops={"arrowstyle": "->", "color": color})
+
+
 def plot_design_roots(k: int, out: str | Path | None = None, span: float = 3.0):
     """Figure: roots of the k-step designs (left) and the root locus of the
     bidirectional family when it has one free parameter (right).
@@ -40,12 +54,13 @@ def plot_design_roots(k: int, out: str | Path | None = None, span: float = 3.0):
         a_.axhline(0, color="0.85", lw=0.8)
         a_.axvline(0, color="0.85", lw=0.8)
     markers = {"none": "x", "forward": "s", "bidirectional": "o"}
+    lim = 1.6
     for st, mk in markers.items():
         d = design(k, st)
         r = _roots([float(v) for v in d.a_equal])
-        ax.plot(r.real, r.imag, mk, mfc="none", ms=9,
-                label=f"{st}: order {d.order_equal}, C={d.error_constant_equal}")
-    lim = 1.6
+        line, = ax.plot(r.real, r.imag, mk, mfc="none", ms=9,
+                        label=f"{st}: order {d.order_equal}, C={d.error_constant_equal}")
+        _mark_off_axes(ax, r, lim, line.get_color())
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_title(f"roots of ρ(ζ), k = {k} designs (equal steps)")
@@ -109,6 +124,7 @@ def plot_exp_roots(k: int, out: str | Path | None = None, ell_max: float = 1.5):
         ax.plot(z.real, z.imag, "o", mfc="none", ms=9, color="C0")
         ax.annotate(f"κ={kap.real:+.2f}", (z.real, z.imag), textcoords="offset points",
                     xytext=(6, 6), fontsize=8)
+    _mark_off_axes(ax, np.array([complex(z) for z, _ in m.growth]), 1.6, "C0")
     ax.set_title(f"{m.name}: roots of ρ on ȳ, growth parameters κ")
     ells = np.linspace(0.02, ell_max, 60)
     f = m._relation

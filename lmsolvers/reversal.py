@@ -45,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .bitexact import Bitexact, BitexactLatent, NondeterminismError
-from .engine import EpsFn, Integrator, Run, drive_sampling
+from .engine import EpsFn, Integrator, Run, call_unmodified, drive_sampling
 from .exactness import ExactnessWarning, check_exactness
 from .grid import Grid
 from .latent import Latent
@@ -66,8 +66,9 @@ def differentiable_leaves(eps: EpsFn, x: torch.Tensor, sigma_bar: float) -> list
     tensors it closes over: embeddings, guidance inputs), found by one evaluation with
     grad enabled and a walk of its graph.  A non-leaf closure tensor (say ``f(w)``) is
     represented by its leaves (``w``)."""
-    with torch.enable_grad():
-        e = eps(x.detach(), sigma_bar)
+    with torch.enable_grad():  # x.detach() shares x's version counter: checked too
+        e = call_unmodified(eps, x.detach(), sigma_bar,
+                            "the first evaluation (finding ε's parameters)")
     if not isinstance(e, torch.Tensor) or e.grad_fn is None:
         return []
     found: list[torch.Tensor] = []

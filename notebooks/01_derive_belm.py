@@ -26,14 +26,27 @@
 # unusable, and the zero-stable designs the library ships instead.
 
 # %%
+import os
+
 import matplotlib.pyplot as plt
 import numpy as np
 import sympy as sp
+import torch
 
 import lmsolvers as L
 from lmsolvers import symbolic
 from lmsolvers.method import step_symbols
 
+# One torch thread unless OMP_NUM_THREADS says otherwise: these models are small, and on a
+# shared CPU more threads make them slower, not faster (notebook 4: 25 s with one thread,
+# 276 s with two, on a busy 2-core machine; README, "Notebooks").
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(1)
+print(f"torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS="
+      f"{os.environ.get('OMP_NUM_THREADS', 'unset')})")
+# LMSOLVERS_TINY=1 (CI's quick run) designs the k-step BELMs up to k = 3 only: the k = 4
+# and 5 designs take most of this notebook's time
+KMAX = 3 if os.environ.get("LMSOLVERS_TINY", "") == "1" else 5
 sp.init_printing(use_unicode=True)
 
 # %% [markdown]
@@ -196,10 +209,10 @@ plt.show()
 # roots). The whole table (also `lmsolvers derive`/`lmsolvers table` on the command line):
 
 # %%
-print(L.belm_table(5))
+print(L.belm_table(KMAX))
 
 # %%
-for k in (2, 3, 4, 5):
+for k in range(2, KMAX + 1):
     m = L.belm(k)
     an = L.analyze(m)
     print(f"belm({k}) = {m.name:>19}: order {an.order} (equal steps {an.order_equal}), "
@@ -218,13 +231,13 @@ print()
 print(L.stability_report(L.belm(3), sd))
 
 # %%
-fig, axes = plt.subplots(1, 4, figsize=(11, 3))
-for ax, k in zip(axes, (2, 3, 4, 5), strict=True):
+fig, axes = plt.subplots(1, KMAX - 1, figsize=(2.75 * (KMAX - 1), 3))
+for ax, k in zip(axes, range(2, KMAX + 1), strict=True):
     plot_roots(ax, L.belm(k), f"belm({k})")
 plt.tight_layout()
 plt.show()
 
-for k in (2, 3, 4, 5):
+for k in range(2, KMAX + 1):
     m = L.belm(k)
     errs = [float((L.sample(gm.eps, L.Grid.power(n, sigma_max=5.0, rho=1.5), m, x_N,
                             disable=True) - ref).abs().max()) for n in (10, 20, 40)]

@@ -23,6 +23,7 @@
 
 # %%
 import os
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -32,13 +33,24 @@ from lmsolvers.adapters import DiffusionSampler
 
 import lmsolvers as L
 
-# Work from the repository root, whether Jupyter was started in notebooks/ or in the root:
-# the kernel imports from its working directory, so the held-out split of the benchmarks
-# package (the same one `python -m benchmarks.demo` uses) becomes importable.
-ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents)
-            if (p / "models" / "digits_ddpm").is_dir())
-os.chdir(ROOT)
-from benchmarks.digits_data import load_digits_split  # held-out real digits
+# The checkout's root goes on sys.path (the benchmarks package holds the held-out digits
+# split): found from this file when run as a script (any working directory), from the
+# working directory in a Jupyter kernel (started in the root or in notebooks/).
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+ROOT = next((p for p in (HERE, *HERE.parents) if (p / "benchmarks" / "digits_data.py").is_file()),
+            None)
+if ROOT is None:
+    raise RuntimeError(f"{HERE} is not inside an lmsolvers checkout: start Jupyter in the "
+                       "checkout (or run this file with the checkout's .venv/bin/python)")
+sys.path.insert(0, str(ROOT))
+# One torch thread unless OMP_NUM_THREADS says otherwise: these models are small, and on a
+# shared CPU more threads make them slower, not faster (notebook 4: 25 s with one thread,
+# 276 s with two, on a busy 2-core machine; README, "Notebooks").
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(1)
+print(f"torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS="
+      f"{os.environ.get('OMP_NUM_THREADS', 'unset')})")
+from benchmarks.digits_data import load_digits_split  # held-out real digits (as make demo)
 
 torch.manual_seed(0)
 unet = UNet2DModel.from_pretrained(ROOT / "models" / "digits_ddpm").eval()

@@ -37,6 +37,8 @@ SEED = 0
 
 # %%
 import os
+import sys
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -51,6 +53,23 @@ from lmsolvers.adapters import (
 
 import lmsolvers as L
 
+# The checkout's root goes on sys.path (the benchmarks package holds the held-out digits
+# split): found from this file when run as a script (any working directory), from the
+# working directory in a Jupyter kernel (started in the root or in notebooks/).
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+ROOT = next((p for p in (HERE, *HERE.parents) if (p / "benchmarks" / "digits_data.py").is_file()),
+            None)
+if ROOT is None:
+    raise RuntimeError(f"{HERE} is not inside an lmsolvers checkout: start Jupyter in the "
+                       "checkout (or run this file with the checkout's .venv/bin/python)")
+sys.path.insert(0, str(ROOT))
+# One torch thread unless OMP_NUM_THREADS says otherwise: these models are small, and on a
+# shared CPU more threads make them slower, not faster (notebook 4: 25 s with one thread,
+# 276 s with two, on a busy 2-core machine; README, "Notebooks").
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(1)
+print(f"torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS="
+      f"{os.environ.get('OMP_NUM_THREADS', 'unset')})")
 TINY = os.environ.get("LMSOLVERS_TINY", "") == "1"
 device = "cuda" if torch.cuda.is_available() else "cpu"
 pipe = None
@@ -211,9 +230,11 @@ show([decode_latents(pipe.vae, p).cpu() for p in path], [f"w = {w}" for w in wei
 #
 # `BELMScheduler` plugs O-BELM into an unmodified `StableDiffusionPipeline`. A pipeline passes a
 # single tensor `latents`, while an exact latent holds k states: `load_latent` stores them in the
-# scheduler and returns `x_T`, and the pipeline then reproduces the inverted image. (Restarting
-# from `x_T` alone is not the inverse.) A pipeline walks its scheduler's own timesteps, so the
-# inversion to resume there runs on that grid (`grid="scheduler"`, plain O-BELM).
+# scheduler and returns `x_T`, and the pipeline then reproduces the inverted image. (An `x_T`
+# straight from a `BELMInverseScheduler` run is recognised and resumed without `load_latent`;
+# when a pipeline run is the inverse and when it is not: docs/design.md §8.) A pipeline walks its
+# scheduler's own timesteps, so the inversion to resume there runs on that grid
+# (`grid="scheduler"`, plain O-BELM).
 
 # %%
 pipe.scheduler = BELMScheduler.from_config(pipe.scheduler.config)
@@ -242,14 +263,10 @@ print(f"stock pipeline from the loaded latent: relative error {rel(out.double(),
 # `benchmarks/results/editing_bench.md` and `benchmarks/results/guidance_roundtrip.md`.
 
 # %%
-from pathlib import Path
-
 from diffusers import DDPMScheduler, UNet2DModel
 from lmsolvers.adapters import ClassEmbeddingUNet, class_sampler
 
-ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "models" / "digits_cond").is_dir())
-os.chdir(ROOT)  # the kernel imports from its working directory: the benchmarks' data split
-from benchmarks.digits_data import load_digits_split
+from benchmarks.digits_data import load_digits_split  # ROOT is on sys.path (first cell)
 
 digits = ClassEmbeddingUNet(UNet2DModel.from_pretrained(ROOT / "models" / "digits_cond").eval())
 sched_d = DDPMScheduler.from_pretrained(ROOT / "models" / "digits_cond")

@@ -21,6 +21,7 @@
 
 # %%
 import os
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -28,9 +29,23 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from lmsolvers.adapters import DiffusionSampler
 
-ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents)
-            if (p / "models" / "digits_ddpm").is_dir())
-os.chdir(ROOT)
+# The checkout's root goes on sys.path (the benchmarks package holds the held-out digits
+# split): found from this file when run as a script (any working directory), from the
+# working directory in a Jupyter kernel (started in the root or in notebooks/).
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+ROOT = next((p for p in (HERE, *HERE.parents) if (p / "benchmarks" / "digits_data.py").is_file()),
+            None)
+if ROOT is None:
+    raise RuntimeError(f"{HERE} is not inside an lmsolvers checkout: start Jupyter in the "
+                       "checkout (or run this file with the checkout's .venv/bin/python)")
+sys.path.insert(0, str(ROOT))
+# One torch thread unless OMP_NUM_THREADS says otherwise: these models are small, and on a
+# shared CPU more threads make them slower, not faster (notebook 4: 25 s with one thread,
+# 276 s with two, on a busy 2-core machine; README, "Notebooks").
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(1)
+print(f"torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS="
+      f"{os.environ.get('OMP_NUM_THREADS', 'unset')})")
 from benchmarks.digits_classifier import load_classifier  # the benchmarks' classifier
 from benchmarks.reversal_memory import SavedGraph
 
@@ -39,7 +54,9 @@ unet = UNet2DModel.from_pretrained(ROOT / "models" / "digits_ddpm").eval().requi
 scheduler = DDPMScheduler.from_pretrained(ROOT / "models" / "digits_ddpm")
 classifier = load_classifier().eval().requires_grad_(False)
 
-N = 100
+# LMSOLVERS_TINY=1 (CI's quick run): 20 steps and 16 candidate samples instead of 100 and 256
+TINY = os.environ.get("LMSOLVERS_TINY", "") == "1"
+N = 20 if TINY else 100
 sampler = DiffusionSampler(unet, scheduler, N, disable_progress=True)
 print(sampler.method.name, "on a grid of", sampler.grid.N, "steps; backward amplification",
       f"{sampler.amplification:.2g}")
@@ -99,13 +116,13 @@ print(f"graph kept by the forward pass, {N} steps: full {mem['full']:.1f} MiB, "
 # reversal. The best iterate (classified as the target, closest to the original) is kept.
 
 # %% [markdown]
-# To keep the notebook short we steer an *ambiguous* sample: among 64 samples, the one the
+# To keep the notebook short we steer an *ambiguous* sample: among 256 samples, the one the
 # classifier is least sure about, towards its second choice. (A confident sample needs many
 # more iterations: its class basin is wide.)
 
 # %%
-candidates = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0),
-                         dtype=torch.float64)
+candidates = torch.randn(16 if TINY else 256, 1, 8, 8,
+                         generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 with torch.no_grad():
     probs0 = classifier(sampler.sample(candidates).float()).softmax(-1)
 pick = int(probs0.max(-1).values.argmin())

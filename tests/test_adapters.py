@@ -267,3 +267,34 @@ def test_ddim_cannot_be_inverted_exactly(sd_scheduler, embeds, x0):
                          prompt_embeds=embeds[0], disable_progress=True)
     with pytest.raises(ValueError, match="not bidirectional explicit"):
         s.invert(x0)
+
+
+def test_a_latent_carries_a_digest_of_the_model_weights():
+    """Another UNet of the same class, config and dtype, or the same UNet after an in-place
+    update, is another ε: its latent is refused (issue 24), while an equal copy is accepted."""
+    import copy
+
+    from lmsolvers.adapters.weights import weights_digest
+
+    from lmsolvers import LatentMismatchError
+
+    sch = DDIMScheduler()
+    unet = tiny_unet()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5)).clamp(-1, 1)
+    s = DiffusionSampler(unet, sch, 6, disable_progress=True)
+    lat = s.invert(x)
+    assert dict(lat.context)["model_weights"] == weights_digest(unet)
+    twin = DiffusionSampler(copy.deepcopy(unet), sch, 6, disable_progress=True)
+    assert rel(twin.sample(lat), x) <= F64_BOUND  # equal weights in another object
+    other = DiffusionSampler(tiny_unet(seed=1), sch, 6, disable_progress=True)
+    with pytest.raises(LatentMismatchError, match="model_weights"):
+        other.sample(lat)
+    before = weights_digest(unet)
+    with torch.no_grad():
+        next(unet.parameters()).add_(1e-3)  # bumps the version counter: rehashed
+    assert weights_digest(unet) != before
+    with pytest.raises(LatentMismatchError, match="model_weights"):
+        s.sample(lat)
+    assert rel(s.sample(s.invert(x)), x) <= F64_BOUND
+    unet.load_state_dict(twin.eps.model.state_dict())  # copy_ into every parameter
+    assert weights_digest(unet) == before and rel(s.sample(lat), x) <= F64_BOUND

@@ -419,3 +419,21 @@ def test_edit_and_interpolation_refuse_latents_of_other_inversions(unet, embeds,
     mine = sampler(unet, sch, embeds, w=2.0).invert(x0)
     with pytest.raises(ValueError, match="cannot be interpolated: grid mismatch"):
         slerp_latents(mine, other, 0.5)
+
+
+def test_an_image_size_the_unet_cannot_take_is_a_one_line_error():
+    """An 8×8 UNet2DModel with three down blocks given 9×9 images: the library's rule
+    (multiples of its downsampling factor), not a tensor-size error from inside the UNet."""
+    from pathlib import Path
+
+    from diffusers import UNet2DModel
+
+    path = Path(__file__).resolve().parents[1] / "models" / "digits_ddpm"
+    s = DiffusionSampler(UNet2DModel.from_pretrained(path), DDIMScheduler(), 4,
+                         disable_progress=True)
+    for size in (9, 10):
+        with pytest.raises(ValueError, match=rf"x0 is {size}×{size}, but this UNet2DModel "
+                                             "downsamples by 4: height and width must be "
+                                             "multiples of 4 \\(it was trained at sample_size 8"):
+            s.invert(torch.zeros(1, 1, size, size))
+    assert s.reconstruct(torch.zeros(1, 1, 12, 12)).shape == (1, 1, 12, 12)

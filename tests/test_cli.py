@@ -83,11 +83,37 @@ def test_table_reports_progress_on_stderr(capsys):
     assert len(rows) == 5 and rows[4].split()[:3] == ["2", "bidirectional", "2"]
 
 
-def test_plot_command_writes_a_root_plot(tmp_path):
+def test_plot_command_writes_a_root_plot(tmp_path, monkeypatch):
     out = tmp_path / "roots.png"
     assert main(["plot", "--steps", "4", "--out", str(out)]) == 0
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    # by default under out/ (git-ignored in a checkout), never loose in the working dir
+    work = tmp_path / "checkout"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["plot", "--steps", "2"]) == 0
+    assert [p.relative_to(work).as_posix() for p in sorted(work.rglob("*"))] == [
+        "out", "out/belm2_roots.png"]
+    # the maximal-order design's root at -27.96 lies far off the axes: marked, not clipped
+    from lmsolvers.plots import plot_design_roots
+
+    fig = plot_design_roots(4)
+    labels = [a.get_text() for a in fig.axes[0].texts]
+    assert any("-27.96" in s and "off axes" in s for s in labels), labels
+
+
+def test_derive_order_prints_the_family_of_that_order(capsys):
+    """``--order 4`` for k = 4: the variable-step family of order 4, not the bidirectional
+    design (order 4 at equal steps, 3 on variable grids)."""
+    assert main(["derive", "--steps", "4", "--order", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("4-step BELM family of order 4 on variable steps, free parameters "
+                          "[a4, a3]")
+    assert "order (variable steps) = 4 for every value" in out and "= 3" not in out
+    assert main(["derive", "--steps", "4", "--order", "4", "--stability", "forward"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--order prints the whole family" in err
 
 
 def test_dataset_job_verbs(tmp_path, capsys):

@@ -256,6 +256,10 @@ def test_bad_images_are_reported_and_the_job_goes_on(digits, tmp_path):
     assert str(folder / "e_big.png") in recs["e_big.png"]["error"]
     assert "(1, 9, 9)" in recs["e_big.png"]["error"]
     # the good images of a batch form the batch; pixels map to x/127.5 - 1
+    from lmsolvers.adapters.jobs.inputs import Dataset
+
+    x, _ = Dataset(str(folder)).load(0)
+    assert torch.equal(x, torch.from_numpy(u8[0]).float()[None] / 127.5 - 1.0)
     assert recs["d3.png"]["batch_ids"] == ["d0.png", "d1.png", "d3.png"]
     assert recs["d5.png"]["batch_ids"] == ["d5.png"]
     assert all(recs[k]["status"] == "ok" for k in ("d0.png", "d1.png", "d3.png", "d5.png"))
@@ -329,7 +333,7 @@ def test_bitexact_job_round_trips_bitwise(data_npy, tmp_path):
 
 
 def test_sample_dataset_matches_the_sampler(unet, sched_cfg, tmp_path):
-    from lmsolvers.adapters.jobs import _sample_seed
+    from lmsolvers.adapters.jobs.verbs import _sample_seed
 
     out = tmp_path / "samples"
     s = sample_dataset(JobConfig(out=str(out), model=MODEL, steps=STEPS, batch_size=3,
@@ -440,3 +444,131 @@ def test_shards_store_any_tensor_bitwise_and_deterministically(tmp_path_factory,
     assert got == meta
     assert shard_bytes({"states": t.clone()}, dict(reversed(list(meta.items())))) == \
         path.read_bytes()
+
+
+# ------------------------------------------------- nothing lost, nothing mixed (issue 24)
+def test_a_job_directory_is_never_the_output_of_another_command(ref, data_npy, tmp_path,
+                                                                capsys):
+    job = tmp_path / "job"
+    shutil.copytree(ref, job)
+    before = _files(job)
+    # reconstruct onto the job it reads (or into its shards), --overwrite included
+    for out in (job, job / "shards"):
+        with pytest.raises(JobError, match="job being read"):
+            reconstruct(job, out, overwrite=True, progress=False)
+    code = main(["reconstruct", str(job), "--out", str(job), "--overwrite", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "never the output of another command" in err
+    assert _files(job) == before
+    # another command's job directory is never replaced, --overwrite included
+    rec = tmp_path / "rec"
+    reconstruct(job, rec, progress=False)
+    with pytest.raises(JobError, match="directory of a reconstruct job"):
+        invert_dataset(_cfg(rec, data_npy, overwrite=True))
+    other = tmp_path / "other"
+    shutil.copytree(ref, other)
+    with pytest.raises(JobError, match="directory of a invert-dataset job|invert-dataset job"):
+        reconstruct(job, other, overwrite=True, progress=False)
+    assert _files(other) == before
+    # a report never replaces a job's own files
+    for name in ("manifest.jsonl", "job.json", "shards/shard-000000.jsonl", "shards/new.jsonl"):
+        with pytest.raises(JobError, match="never replaced by a report"):
+            verify(job, report=job / name, overwrite=True, recompute=False, progress=False)
+    code = main(["verify", str(job), "--report", str(job / "manifest.jsonl"), "--overwrite",
+                 "--no-recompute", "--no-progress"])
+    assert code == 2 and "never replaced by a report" in capsys.readouterr().err
+    assert _files(job) == before
+    summary, _ = verify(job, recompute=False, progress=False)
+    assert summary.ok
+
+
+def test_a_damaged_job_record_is_a_one_line_error(ref, tmp_path, capsys):
+    job = tmp_path / "job"
+    shutil.copytree(ref, job)
+    report = tmp_path / "report.jsonl"
+    verify(job, report=report, recompute=False, progress=False)
+    shutil.copy(report, job / "manifest.jsonl")  # what `verify --report J/manifest.jsonl` did
+    code = main(["verify", str(job), "--no-recompute", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "manifest.jsonl, record 1: lacks" in err and "rebuilds it from the parts" in err
+    # rerunning the inversion rebuilds the manifest from the parts, bitwise
+    s = invert_dataset(JobConfig(**{**json.loads((job / "job.json").read_text())["config"],
+                                    "out": str(job), "progress": False, "roundtrip": True}))
+    assert (s.skipped, s.computed) == (N, 0) and _files(job) == _files(ref)
+    header = json.loads((job / "job.json").read_text())
+    del header["grid"]
+    (job / "job.json").write_text(json.dumps(header))
+    code = main(["verify", str(job), "--no-recompute", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "lacks 'grid'" in err
+
+
+def test_resume_recomputes_batches_whose_files_are_not_their_own(ref, data_npy, tmp_path):
+    job = tmp_path / "job"
+    shutil.copytree(ref, job)
+    (job / "manifest.jsonl").unlink()  # killed before the merge
+    parts = sorted((job / "shards").glob("*.jsonl"))
+    shutil.copy(parts[1], parts[2])  # batch 1's part over batch 2's
+    shard = sorted((job / "shards").glob("*.safetensors"))[3]
+    raw = bytearray(shard.read_bytes())
+    raw[-3] ^= 0x01  # batch 3's shard altered after it was written
+    shard.write_bytes(bytes(raw))
+    with pytest.warns(RuntimeWarning, match="is not what this job wrote") as caught:
+        s = invert_dataset(_cfg(job, data_npy))
+    said = " ".join(str(w.message) for w in caught)
+    assert "batch 2 " in said and "batch 3 " in said and "batch 1 " not in said
+    assert (s.skipped, s.computed, s.failed) == (8, 8, 0)
+    assert _files(job) == _files(ref)  # 16 distinct samples, bitwise the uninterrupted job
+
+
+def test_resume_refuses_data_that_changed(digits, tmp_path):
+    data = tmp_path / "data.npy"
+    np.save(data, digits[:N].numpy())
+    job = tmp_path / "job"
+    invert_dataset(_cfg(job, data, roundtrip=False))
+    (job / "manifest.jsonl").unlink()  # killed after three of four batches
+    (job / "shards" / "shard-000003.jsonl").unlink()
+    x = np.load(data)
+    x[1] = -x[1]  # a sample of a finished batch changes
+    np.save(data, x)
+    with pytest.raises(JobError, match=r"data changed since this job started: .*\[1\]"):
+        invert_dataset(_cfg(job, data, roundtrip=False))
+    x[1] = -x[1]
+    x[13] = -x[13]  # only a sample of the unfinished batch changes: the resume is consistent
+    np.save(data, x)
+    s = invert_dataset(_cfg(job, data, roundtrip=False))
+    assert (s.skipped, s.computed) == (12, 4)
+    fresh = tmp_path / "fresh"
+    invert_dataset(_cfg(fresh, data, roundtrip=False))
+    assert _files(job) == _files(fresh)
+
+
+def test_data_outside_the_models_range_fails_per_sample(digits, tmp_path):
+    pixels = tmp_path / "pixels.npy"
+    np.save(pixels, ((digits[:4] + 1.0) * 127.5).numpy())  # 8-bit scale, not [-1, 1]
+    s = invert_dataset(_cfg(tmp_path / "job", pixels, roundtrip=False))
+    assert (s.failed, s.computed) == (4, 4)
+    rec = read_jsonl(tmp_path / "job" / "manifest.jsonl")[0]
+    assert "outside the model's data range [-1, 1]" in rec["error"] and "x/127.5" in rec["error"]
+    code = main(["invert-dataset", "--model", MODEL, "--data", str(pixels), "--out",
+                 str(tmp_path / "any"), "--steps", "2", "--data-range", "any", "--no-progress"])
+    assert code == 0
+
+
+def test_resume_checks_the_parts_of_failed_batches_too(digits, tmp_path):
+    """A batch whose samples all failed has no shard: its part alone says it is done, so a
+    part copied from another such batch is caught by its ids."""
+    x = digits[:N].numpy().copy()
+    x[8:] = np.nan  # batches 2 and 3 fail entirely
+    data = tmp_path / "data.npy"
+    np.save(data, x)
+    job = tmp_path / "job"
+    invert_dataset(_cfg(job, data, roundtrip=False))
+    whole = _files(job)
+    (job / "manifest.jsonl").unlink()
+    shutil.copy(job / "shards" / "shard-000002.jsonl", job / "shards" / "shard-000003.jsonl")
+    with pytest.warns(RuntimeWarning, match="batch 3 is not what this job wrote"):
+        s = invert_dataset(_cfg(job, data, roundtrip=False))
+    assert (s.skipped, s.computed, s.failed) == (12, 4, 8)
+    assert _files(job) == whole

@@ -135,3 +135,54 @@ def test_fixed_point_nan_state_is_an_overflow_error():
     plan = B.fixed_point_plan(m, grid, torch.float32)
     with pytest.raises(B.FixedPointOverflowError, match="node 3"):
         plan.quantize(torch.tensor([float("nan")]), 3)
+
+
+# --------------------------------------------- mistakes named in one line (issue 24)
+def test_argument_mistakes_are_one_line_errors_naming_the_fix():
+    grid, x = L.Grid.power(6, 5.0), torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="eps and grid are swapped"):
+        L.sample(grid, tanh_eps, L.obelm(), x, disable=True)
+    with pytest.raises(TypeError, match="eps and grid are swapped"):
+        L.invert(grid, tanh_eps, L.obelm(), x, disable=True)
+    with pytest.raises(TypeError, match=r"eps must take two arguments, eps\(x, sigma_bar\)"):
+        L.sample(lambda x: x, grid, L.obelm(), x, disable=True)
+    with pytest.raises(TypeError, match="grid must be an lmsolvers Grid"):
+        L.ddim_inversion(tanh_eps, [0.0, 1.0], x, disable=True)
+
+
+def _in_place(x, s):
+    return x.mul_(1.0)  # same values, but the solver's state is written to
+
+
+@pytest.mark.parametrize("grad", [None, "reversible"])
+def test_an_eps_that_changes_its_input_in_place_is_refused(grad):
+    grid = L.Grid.power(6, 5.0)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=grad is not None)
+    with pytest.raises(ValueError, match="eps changed its input in place.*out of place"):
+        L.sample(_in_place, grid, L.obelm(), x, grad=grad, disable=True)
+    with pytest.raises(ValueError, match="eps changed its input in place"):
+        L.invert(_in_place, grid, L.obelm(), x.detach(), disable=True)
+
+
+def test_an_eps_changing_its_input_only_with_grad_is_refused_in_the_backward():
+    """ε writes to its input only when it requires grad (so only the backward pass sees
+    it): the library's rule, not autograd's leaf-variable message."""
+    grid = L.Grid.power(6, 5.0)
+    w = torch.ones(3, dtype=torch.float64, requires_grad=True)
+
+    def eps(x, s):
+        if x.requires_grad:
+            x.add_(0.0)
+        return torch.tanh(x * w / (1.0 + s))
+
+    out = L.sample(eps, grid, L.obelm(), torch.randn(2, 3, dtype=torch.float64), grad="reversible",
+                   params=[w], disable=True)
+    with pytest.raises(ValueError, match="eps changed its input in place"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("grad", ["full", "reversible"])
+def test_a_gradient_run_inside_no_grad_is_refused(grad):
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"inside torch.no_grad\(\)"):
+        L.sample(tanh_eps, L.Grid.power(6, 5.0), L.obelm(), x, grad=grad, disable=True)

@@ -533,3 +533,129 @@ def test_diffedit_with_the_scheduler_pair_reconstructs_exactly(strength):
     BELMScheduler.handoff.clear()  # without the hand-off: the single-state restart
     alone = pipe(mask_image=mask, image_latents=inv, output_type="latent", **kw).images
     assert float((alone - x0).norm() / x0.norm()) > 1e-3
+
+
+# ------------------------------------------- the hand-off, row by row (issue 24)
+def _pair(n=8, handoff=None):
+    inv, fwd = BELMInverseScheduler(**DDIM_LIKE), BELMScheduler(**DDIM_LIKE)
+    if handoff is not None:
+        inv.handoff = fwd.handoff = handoff
+    inv.set_timesteps(n)
+    fwd.set_timesteps(n)
+    return inv, fwd
+
+
+def _rel_rows(a, b):
+    return float(((a.double() - b.double()).flatten(1).norm(dim=1)
+                  / b.double().flatten(1).norm(dim=1)).max())
+
+
+@pytest.mark.parametrize("pick", ["tail", "head", "reordered", "duplicated", "half-float",
+                                  "bfloat16", "two-inversions"])
+def test_handoff_resumes_any_selection_of_inverted_rows_exactly(pick):
+    """Part of an inverted batch, reordered, duplicated, cast and back, or rows of two
+    inversions together: every row resumes its own latent, silently and exactly."""
+    x0 = rand(3, 4, 8, 8, seed=21, dtype=torch.float64)
+    inv, fwd = _pair(handoff=LatentHandoff())
+    x_T = _invert(inv, x0)
+    rows = {"tail": [1, 2], "head": [0], "reordered": [2, 0, 1], "duplicated": [1, 1, 2],
+            "half-float": [0, 1, 2], "bfloat16": [0, 1, 2]}.get(pick)
+    if pick == "two-inversions":
+        y0 = rand(2, 4, 8, 8, seed=22, dtype=torch.float64)
+        y_T = _invert(inv, y0)
+        start, want = torch.cat([x_T[1:], y_T[:1]]), torch.cat([x0[1:], y0[:1]])
+    else:
+        start, want = x_T[rows], x0[rows]
+        if pick == "half-float":
+            start = start.half().float()
+        elif pick == "bfloat16":
+            start = start.to(torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec = _sample(fwd, start)
+    tol = 1e-12 if rec.dtype == torch.float64 else 1e-2  # bfloat16 output: its rounding
+    assert _rel_rows(rec, want) <= tol
+
+
+def test_handoff_resumes_the_inverted_rows_of_a_mixed_batch():
+    """Inverted rows next to fresh noise: those rows resume exactly, the others sample
+    from their noise as they would alone (and nothing warns: fresh noise is no inverted
+    state)."""
+    x0 = rand(2, 4, 8, 8, seed=23, dtype=torch.float64)
+    inv, fwd = _pair(handoff=LatentHandoff())
+    x_T = _invert(inv, x0)
+    noise = rand(1, 4, 8, 8, seed=24, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec = _sample(fwd, torch.cat([noise, x_T[1:]]))
+        alone = _sample(fwd, noise)
+    assert _rel_rows(rec[1:], x0[1:]) <= 1e-12
+    torch.testing.assert_close(rec[:1], alone, rtol=1e-13, atol=0)
+
+
+def test_handoff_capacity_counts_inversions_not_steps():
+    reg = LatentHandoff(capacity=2)
+    inv, fwd = _pair(n=12, handoff=reg)
+    xs = [rand(1, 4, 4, 4, seed=s, dtype=torch.float64) for s in (30, 31, 32)]
+    a_T = _invert(inv, xs[0])
+    b_T = _invert(inv, xs[1])  # twelve more steps: the first inversion is still there
+    assert len(reg) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _rel_rows(_sample(fwd, a_T), xs[0]) <= 1e-12
+        assert _rel_rows(_sample(fwd, b_T), xs[1]) <= 1e-12
+    _invert(inv, xs[2])  # a third inversion evicts the least recently used one, a
+    with pytest.warns(InvertedLatentWarning, match="no longer registered"):
+        _sample(fwd, a_T)
+    assert _rel_rows(_sample(fwd, b_T), xs[1]) <= 1e-12
+    # an earlier node of an inversion that went on (and is still kept) is recognised
+    inv.set_timesteps(12)
+    mid = _invert_steps(inv, rand(1, 4, 4, 4, seed=33, dtype=torch.float64),
+                        inv.timesteps[:5])
+    _invert_steps(inv, mid, inv.timesteps[5:])
+    fwd.set_begin_index(fwd.grid.N - 5)
+    with pytest.warns(InvertedLatentWarning, match="earlier node of an inversion"):
+        _sample_steps(fwd, mid, fwd.timesteps[fwd.grid.N - 5:])
+
+
+def test_handoff_warns_for_rows_it_cannot_resume_and_resumes_the_rest():
+    x0 = rand(2, 4, 8, 8, seed=25, dtype=torch.float64)
+    reg = LatentHandoff()
+    inv, fwd = _pair(handoff=reg)
+    x_T = _invert(inv, x0)
+    other = BELMInverseScheduler(**DDIM_LIKE)
+    other.handoff = reg
+    other.set_timesteps(10)  # another grid
+    o_T = _invert(other, rand(1, 4, 8, 8, seed=26, dtype=torch.float64))
+    edited = x_T[:1].clone()
+    edited[0, 3, 7, 7] += 1.0  # an inverted state changed where no probe looks
+    with pytest.warns(InvertedLatentWarning) as caught:
+        rec = _sample(fwd, torch.cat([x_T[1:], o_T, edited]))
+    said = " | ".join(str(w.message) for w in caught)
+    assert "grid mismatch" in said and "rows [2]" in said
+    assert _rel_rows(rec[:1], x0[1:]) <= 1e-12
+
+
+@pytest.mark.parametrize("cls", [BELMScheduler, BELMInverseScheduler])
+def test_a_repeated_final_step_is_an_error(cls):
+    s = cls(**DDIM_LIKE)
+    s.set_timesteps(6)
+    x = rand(1, 4, 4, 4, dtype=torch.float64)
+    loop(s, x)
+    t = s.timesteps[-1]
+    with pytest.raises(ValueError, match="run already ended with that step"):
+        s.step(dummy_model(x, t), t, x)
+    loop(s, x)  # a new run from timesteps[0] is fine
+
+
+def test_handoff_remembers_the_last_rows_of_evicted_inversions():
+    reg = LatentHandoff(capacity=1, remember=3)
+    inv, fwd = _pair(n=6, handoff=reg)
+    x = rand(1, 4, 4, 4, seed=40, dtype=torch.float64)
+    outs = []
+    for t in inv.timesteps:
+        x = inv.step(dummy_model(x, t), t, x).prev_sample
+        outs.append(x)
+    _invert(inv, rand(1, 4, 4, 4, seed=41, dtype=torch.float64))  # evicts the first
+    assert [reg.match(o).seen for o in outs] == [[False]] * 3 + [[True]] * 3
+    assert reg.match(outs[-1].half()).seen == [True] and reg.lookup(outs[-1]) == (None, True)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"lmsolvers": ROOT / "lmsolvers", "lmsolvers.adapters": ROOT / "adapters"}
+PACKAGES = {"lmsolvers": ROOT / "lmsolvers", "lmsolvers.adapters": ROOT / "adapters",
+            "lmsolvers.adapters.jobs": ROOT / "adapters" / "jobs"}
 
 
 def _module_name(pkg: str, path: Path) -> str:

@@ -2,8 +2,9 @@
 
 Each mutation replaces one exact snippet of one file with a wrong (or suspicious) variant
 and runs the tests that should catch it.  Everything happens in a snapshot of the
-checkout in a temporary directory (lmsolvers/, adapters/, tests/, pyproject.toml, copied
-once at start): the live checkout is never modified.  ``lmsolvers.adapters`` (a
+checkout in a temporary directory (lmsolvers/, adapters/ — the jobs package included —,
+tests/, pyproject.toml, copied once at start; models/ and benchmarks/, which the tests
+only read, are linked): the live checkout is never modified.  ``lmsolvers.adapters`` (a
 package-dir mapping of ``adapters/`` in pyproject.toml) is made importable in the copy as
 ``<tmp>/lmsolvers/adapters``; the script checks that the copy, not the editable install,
 is what gets imported.
@@ -33,6 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ("lmsolvers", "adapters", "tests", "pyproject.toml")
+#: read by the tests (the digits models, the benchmarks' data split), never written: linked
+LINKED = ("models", "benchmarks")
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".hypothesis",
                                 ".pytest_cache")
 
@@ -62,6 +65,25 @@ T_ROBUST = "tests/test_robustness.py"
 T_ADAPTERS = "tests/test_adapters.py"
 T_CHECKS = "tests/test_adapters_checks.py"
 T_PIPELINE = "tests/test_adapters_pipeline.py"
+T_CONF = "tests/test_scheduler_conformance.py"
+T_FLOW = "tests/test_scheduler_flow.py"
+T_CLI = "tests/test_cli.py"
+
+
+def jobs(*names: str) -> tuple[str, ...]:
+    """Node ids of tests/test_jobs.py (the module's fixtures run once per selection)."""
+    return tuple(f"tests/test_jobs.py::{n}" for n in names)
+
+
+J_OUTPUT = "test_a_job_directory_is_never_the_output_of_another_command"
+J_DAMAGED = "test_a_damaged_job_record_is_a_one_line_error"
+J_RESUME = "test_resume_recomputes_batches_whose_files_are_not_their_own"
+J_FAILED = "test_resume_checks_the_parts_of_failed_batches_too"
+J_DATA = "test_resume_refuses_data_that_changed"
+J_RANGE = "test_data_outside_the_models_range_fails_per_sample"
+J_BAD = "test_bad_images_are_reported_and_the_job_goes_on"
+J_THREADS = "test_thread_count_mismatch_is_detected"
+J_TWO = "test_two_gloo_ranks_give_bitwise_the_same_files"
 
 MUTATIONS: list[Mutation] = [
     # ------------------------------------------------------------ lmsolvers/engine.py
@@ -187,8 +209,10 @@ MUTATIONS: list[Mutation] = [
       '        if direction == "backward":\n            # a perturbation',
       "companion_growth: forward and backward swapped", T_STABILITY, T_EXACT),
     M("parasitic-norm-max", "lmsolvers/parasitic.py",
-      "best = max(best, float(np.linalg.norm(R, 2)))",
-      "best = max(best, float(np.abs(R).max()))",
+      "                return float(\"inf\")\n"
+      "            best = max(best, float(np.linalg.norm(R, 2)))",
+      "                return float(\"inf\")\n"
+      "            best = max(best, float(np.abs(R).max()))",
       "companion_growth: spectral norm replaced by the largest entry",
       T_STABILITY, "tests/test_design.py"),
     # --------------------------------------------------------- lmsolvers/families.py
@@ -205,24 +229,142 @@ MUTATIONS: list[Mutation] = [
       T_METHODS, T_SYMBOLIC),
     # -------------------------------------------------------- adapters/scheduler.py
     M("scheduler-x0-sign", "adapters/scheduler.py",
-      "return (self._run.window[m] - float(self.grid.sigma_bar[m]) * eps).to(like.dtype)",
-      "return (self._run.window[m] + float(self.grid.sigma_bar[m]) * eps).to(like.dtype)",
-      "pred_original_sample uses x̄ + σ̄ ε", T_CHECKS),
+      "alpha=-alpha * sbar).mul_(1.0 / alpha)",
+      "alpha=alpha * sbar).mul_(1.0 / alpha)",
+      "pred_original_sample uses (x + σ ε)/α", T_CHECKS),
     M("scheduler-skip-timestep-check", "adapters/scheduler.py",
-      "        if t != expected:\n",
-      "        if False:\n",
+      "            if t != self._ts_values[i]:\n                self._index_of(t)",
+      "            if False:\n                self._index_of(t)",
       "scheduler.step skips the timestep order check", T_CHECKS),
-    M("scheduler-eps-alpha-vp", "adapters/scheduler.py",
-      "        alpha = float(g.alphas[m])\n",
-      "        alpha = float((1.0 + float(g.sigma_bar[m]) ** 2) ** -0.5)\n",
-      "scheduler's ε conversion takes α = vp_alpha(σ̄) instead of the grid table",
-      T_PIPELINE, T_ADAPTERS),
-    M("scheduler-to-model-alpha-vp", "adapters/scheduler.py",
-      "return (xbar * float(self.grid.alphas[m])).to(like.dtype)",
-      "return (xbar * float((1.0 + float(self.grid.sigma_bar[m]) ** 2) ** -0.5))"
-      ".to(like.dtype)",
-      "scheduler's x = α x̄ takes α = vp_alpha(σ̄) instead of the grid table",
-      T_PIPELINE, T_CHECKS),
+    M("scheduler-alpha-vp", "adapters/scheduler.py",
+      "self._alpha = [float(v) for v in sch.grid.alphas]",
+      "self._alpha = [float((1.0 + float(s) ** 2) ** -0.5) for s in sch.grid.sigma_bar]",
+      "scheduler's α (ε conversion, x = α x̄) from vp_alpha(σ̄) instead of the grid table",
+      T_FLOW),
+    M("scheduler-repeated-final-step-allowed", "adapters/scheduler.py",
+      "        elif self._step_index == n and n and t == self._ts_values[-1] and (\n",
+      "        elif False and (\n",
+      "a step at timesteps[-1] after a finished run starts a new run",
+      f"{T_CONF}::test_a_repeated_final_step_is_an_error"),
+    M("scheduler-handed-off-rows-dropped", "adapters/scheduler.py",
+      "        if self._given:  # rows resumed from a handed-off latent\n"
+      "            xr = self._given_rows(r, xr)\n",
+      "",
+      "rows of a partly handed-off batch lose their latent's lower states",
+      f"{T_CONF}::test_handoff_resumes_the_inverted_rows_of_a_mixed_batch"),
+    M("scheduler-handoff-per-step", "adapters/scheduler.py",
+      "self.handoff.register(nxt, part, run=self._handoff_run)",
+      "self.handoff.register(nxt, part)",
+      "every inversion step takes a place of its own in the hand-off registry",
+      f"{T_CONF}::test_handoff_capacity_counts_inversions_not_steps"),
+    # -------------------------------------------------------- adapters/handoff.py
+    M("handoff-no-dtype-variants", "adapters/handoff.py",
+      "    for d in HANDOFF_DTYPES:\n        have = probes",
+      "    for d in (torch.float64,):\n        have = probes",
+      "the hand-off does not recognise a cast (or cast round trip) of an inverted row",
+      f"{T_CONF}::test_handoff_resumes_any_selection_of_inverted_rows_exactly"),
+    M("handoff-remember-keeps-oldest", "adapters/handoff.py",
+      "self.rows[self.rows.shape[0] - max(n, 0):]",
+      "self.rows[:max(n, 0)]",
+      "the registry remembers the oldest evicted rows instead of the newest",
+      f"{T_CONF}::test_handoff_remembers_the_last_rows_of_evicted_inversions"),
+    M("handoff-no-whole-row-check", "adapters/handoff.py",
+      "j = next((j for j in js if _same_row(out[j], x[i])), None)",
+      "j = js[0]",
+      "a row whose probe matches is resumed without comparing the whole row",
+      f"{T_CONF}::test_handoff_warns_for_rows_it_cannot_resume_and_resumes_the_rest"),
+    M("handoff-earlier-nodes-forgotten", "adapters/handoff.py",
+      "                if len(inv.earlier):\n",
+      "                if False:\n",
+      "an earlier node of an inversion that went on is not recognised (no warning)",
+      f"{T_CONF}::test_handoff_capacity_counts_inversions_not_steps"),
+    # ------------------------------------------------ adapters/weights.py, diffusers.py
+    M("weights-version-ignored", "adapters/weights.py",
+      "return tuple((id(t), t.data_ptr(), t._version) for _, t in tensors)",
+      "return tuple((id(t), t.data_ptr()) for _, t in tensors)",
+      "the weights digest is not recomputed after an in-place update",
+      f"{T_ADAPTERS}::test_a_latent_carries_a_digest_of_the_model_weights"),
+    M("diffusers-context-without-weights", "adapters/diffusers.py",
+      '            "model_weights": weights_digest(self.model),\n',
+      "",
+      "a latent's context does not record the model's weights",
+      f"{T_ADAPTERS}::test_a_latent_carries_a_digest_of_the_model_weights"),
+    M("transformers-any-size", "adapters/transformers.py",
+      "        return 2 ** (len(blocks) - 1)\n",
+      "        return 1\n",
+      "a UNet2DModel accepts sizes its down blocks cannot take (error from inside the UNet)",
+      f"{T_CHECKS}::test_an_image_size_the_unet_cannot_take_is_a_one_line_error"),
+    # ------------------------------------------------------ adapters/jobs/ (the package)
+    M("jobs-store-other-verb-overwritten", "adapters/jobs/store.py",
+      "            if old_verb != verb:\n",
+      "            if False:\n",
+      "--overwrite replaces another command's job directory", *jobs(J_OUTPUT)),
+    M("jobs-store-source-as-output", "adapters/jobs/store.py",
+      "            if out.resolve() == src or _owning_job(out) is not None:\n",
+      "            if False:\n",
+      "reconstruct may write into the job it reads", *jobs(J_OUTPUT)),
+    M("jobs-store-report-over-job-files", "adapters/jobs/store.py",
+      "    if owner is not None:\n        d, rel = owner\n",
+      "    if False:\n        d, rel = owner\n",
+      "a verify report may replace a job's own files", *jobs(J_OUTPUT)),
+    M("jobs-store-part-ids-unchecked", "adapters/jobs/store.py",
+      "    if got != sorted((str(b), str(i)) for i in ids):\n",
+      "    if False:\n",
+      "resume takes a part of another batch as done (shows where no shard is named)",
+      *jobs(J_FAILED)),
+    M("jobs-store-shard-hash-unchecked", "adapters/jobs/store.py",
+      'if path.stat().st_size != ok[0].get("shard_bytes") or sha256_file(path) != shas.pop():',
+      'if path.stat().st_size != ok[0].get("shard_bytes"):',
+      "resume takes an altered shard of the recorded size as done", *jobs(J_RESUME)),
+    M("jobs-store-records-unchecked", "adapters/jobs/store.py",
+      '            if lacks or not isinstance(r.get("batch"), int):\n',
+      "            if False:\n",
+      "a manifest that is not one (a report) is read as one", *jobs(J_DAMAGED)),
+    M("jobs-verbs-data-change-ignored", "adapters/jobs/verbs.py",
+      "            if now != sha:\n",
+      "            if False:\n",
+      "resume mixes two versions of the data", *jobs(J_DATA)),
+    M("jobs-verbs-one-rank-only", "adapters/jobs/verbs.py",
+      "        mine = [b for b in range(len(batches)) if b % g.world == g.rank]\n"
+      "        finished = _finished(g, out, mine, lambda b: [data.ids[i] for i in batches[b]],",
+      "        mine = [b for b in range(len(batches)) if b % g.world == 0]\n"
+      "        finished = _finished(g, out, mine, lambda b: [data.ids[i] for i in batches[b]],",
+      "invert-dataset: every rank takes rank 0's batches", *jobs(J_TWO)),
+    M("jobs-backends-range-unchecked", "adapters/jobs/backends.py",
+      "        if mn < lo - slack or mx > hi + slack:\n",
+      "        if False:\n",
+      "data outside the model's range is inverted silently", *jobs(J_RANGE)),
+    M("jobs-inputs-image-scale", "adapters/jobs/inputs.py",
+      "/ 127.5 - 1.0",
+      "/ 255.0",
+      "8-bit images are read as x/255 instead of x/127.5 − 1", *jobs(J_BAD)),
+    M("jobs-env-threads-ignored", "adapters/jobs/env.py",
+      'ENV_KEYS = ("threads", "deterministic",',
+      'ENV_KEYS = ("deterministic",',
+      "the thread count is not compared with the recorded one", *jobs(J_THREADS)),
+    # ------------------------------------------------------------ the core's refusals
+    M("engine-in-place-eps-allowed", "lmsolvers/engine.py",
+      "        changed = before is not None and _version(x) != before\n",
+      "        changed = False\n",
+      "an ε that changes its input in place is not refused", T_ROBUST),
+    M("integrate-swapped-arguments", "lmsolvers/integrate.py",
+      "    if isinstance(eps, Grid) and callable(grid):\n",
+      "    if False:\n",
+      "sample(grid, eps, …) fails deep inside the run", T_ROBUST),
+    M("integrate-reversible-under-no-grad", "lmsolvers/integrate.py",
+      "    if grad is not None and not torch.is_grad_enabled():\n",
+      '    if grad == "full" and not torch.is_grad_enabled():\n',
+      "grad='reversible' inside no_grad returns a tensor without a gradient", T_ROBUST),
+    M("cli-order-ignored", "lmsolvers/cli.py",
+      "    if args.order is not None:\n        # the whole variable-step family",
+      "    if False:\n        # the whole variable-step family",
+      "derive --order prints a design of another order", f"{T_CLI}::test_derive_order_prints"
+      "_the_family_of_that_order"),
+    M("plots-off-axes-unmarked", "lmsolvers/plots.py",
+      "    off = sorted((z for z in roots if max(abs(z.real), abs(z.imag)) > lim), key=abs)\n",
+      "    off = []\n",
+      "roots beyond the axes are clipped without a mark",
+      f"{T_CLI}::test_plot_command_writes_a_root_plot"),
     M("scheduler-load-latent-alpha-vp", "adapters/scheduler.py",
       "alpha = float(latent.grid.alphas[-1])",
       "alpha = float((1.0 + float(latent.grid.sigma_bar[-1]) ** 2) ** -0.5)",
@@ -267,6 +409,8 @@ def prepare(base: Path, dest: Path, mutation: Mutation | None) -> str:
             return f"snippet found {count} times in {mutation.file}"
         path.write_text(text.replace(mutation.old, mutation.new), encoding="utf-8")
     shutil.copytree(dest / "adapters", dest / "lmsolvers" / "adapters")
+    for name in LINKED:
+        (dest / name).symlink_to(REPO / name, target_is_directory=True)
     return "ok"
 
 
