@@ -36,10 +36,13 @@ import numpy as np
 import torch
 
 from .engine import Integrator, Run, combine
+from .exactness import ExactnessWarning
+from .exponential import GROWTH_SCALES, LATENT_SCALE_WARNING
 from .grid import Grid
 from .latent import Latent, freeze_context
 from .method import LMMethod, StepCoefficients, _check_ak_range
 from .noise import NOISE_GENERATOR, NoiseSource, check_seed
+from .parasitic import gaussian_growth
 from .sde import NOISE_LAWS, noise_std, step_ratio, time_grid
 
 __all__ = ["StochasticMethod", "StochasticPlan", "StochasticStabilityWarning", "stochastic",
@@ -246,13 +249,36 @@ class StochasticMethod(Integrator):
         """As the method (the noise terms never need an unknown state)."""
         return self.method.why_not_invertible()
 
+    @property
+    def _gaussian_growth(self) -> bool:
+        # methods that measure growth on the Gaussian test problems (exponential methods,
+        # whose σ̄-form companion growth would count their σ̄-scaling): the same for their rows
+        return type(self.method).amplification is not LMMethod.amplification
+
+    def _growth(self, grid: Grid) -> list[tuple[float, float, float]]:
+        c, s = self.coefficients(grid), grid.sigma_bar
+        return [(gaussian_growth(c.a, c.bh, s, sc, "forward")[0],
+                 *gaussian_growth(c.a, c.bh, s, sc, "backward")) for sc in GROWTH_SCALES]
+
     def amplification(self, grid: Grid, direction: str = "backward") -> float:
-        """Parasitic growth of the rows on ``grid`` (:meth:`LMMethod.amplification` of them)."""
-        return LMMethod.amplification(self, grid, direction)
+        """Parasitic growth of the rows on ``grid``, measured as the method measures its own
+        (:meth:`LMMethod.amplification`, or on the Gaussian test problems for exponential
+        methods, :meth:`~lmsolvers.exponential.ExponentialLMMethod.amplification`)."""
+        if not self._gaussian_growth:
+            return LMMethod.amplification(self, grid, direction)
+        rows = self._growth(grid)
+        if direction == "both":
+            return max(max(f, b) for f, b, _ in rows)
+        if direction not in ("forward", "backward"):
+            raise ValueError(f"direction must be 'forward', 'backward' or 'both', got "
+                             f"{direction!r}")
+        return max(f if direction == "forward" else b for f, b, _ in rows)
 
     def roundoff_amplification(self, grid: Grid) -> float:
-        """Local conditioning times backward growth of the rows (as an LM method's)."""
-        return LMMethod.roundoff_amplification(self, grid)
+        """Local conditioning times backward growth of the rows (as the method measures)."""
+        if not self._gaussian_growth:
+            return LMMethod.roundoff_amplification(self, grid)
+        return max(b * local for _, b, local in self._growth(grid))
 
     # ------------------------------------------------------------ the protocol
     def stiff_growth(self, grid: Grid) -> float:
@@ -361,9 +387,25 @@ class StochasticMethod(Integrator):
 
     def latent(self, run: Run, plan: StochasticPlan,
                context: Mapping[str, Any] | None) -> Latent:
-        """The k noisiest states (:meth:`LMMethod.latent`), with the noise identity."""
-        return dataclasses.replace(LMMethod.latent(self, run, plan.coeffs, context),
-                                   noise=self.noise_identity)
+        """The k noisiest states (:meth:`LMMethod.latent`), with the noise identity.  Warns
+        (:class:`~lmsolvers.ExactnessWarning`) when the top state is more than
+        ``LATENT_SCALE_WARNING`` times the noise scale: the inversion amplified the
+        difference between the data and the seed's noise path (large η with the "time"
+        design), so the latent is a poor one for editing and its round trip carries more
+        round-off (docs/design.md §13)."""
+        lat = dataclasses.replace(LMMethod.latent(self, run, plan.coeffs, context),
+                                  noise=self.noise_identity)
+        top = lat.states[-1]
+        scale = math.sqrt(1.0 + float(run.grid.sigma_bar[-1]) ** 2)
+        ratio = float(top.detach().double().std()) / scale if top.numel() > 1 else 0.0
+        if ratio > LATENT_SCALE_WARNING:
+            warnings.warn(
+                f"the latent of {self.name!r} on this grid is {ratio:.3g}× the noise scale at "
+                f"its top node (drift design {plan.drift!r}): at this eta the inversion "
+                "amplifies the mismatch between the data and the seed's noise, so the latent "
+                "is not noise-like and its round trip carries more round-off; a smaller eta "
+                "or drift='relation' keep it noise-like", ExactnessWarning, stacklevel=4)
+        return lat
 
 
 def _stiff_growth(c: StepCoefficients, sigma_bar: np.ndarray, tau: np.ndarray) -> float:
