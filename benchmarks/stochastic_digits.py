@@ -7,10 +7,12 @@ softmax) and mean predictive entropy, and the Fréchet distance in its 64-d penu
 features to the 360 held-out test digits, each with a percentile-bootstrap 95 % interval
 (samples resampled; ``--boot`` resamples, paired across samplers).  Samplers:
 
-* ODE: ours, the default exact configuration (O-BELM with the damped landing, designed
-  grid); DPM-Solver++(2M) (diffusers);
-* stochastic, ours: the default configuration's stochastic form at η = 0.5 and η = 1
-  (``DiffusionSampler(eta=…)``: ``obelm-landing(0.1)+eta(η)``, drift "auto", designed grid);
+* ODE: ours, O-BELM with the damped landing on its designed grid, and the library's
+  default exact configuration (an exponential BELM on its λ-warped grid, per N);
+  DPM-Solver++(2M) (diffusers);
+* stochastic, ours: the stochastic forms of both at η = 0.5 and η = 1
+  (``obelm-landing(0.1)+eta(η)``; ``DiffusionSampler(eta=…)`` for the default; drift
+  "auto");
 * stochastic peers: DDIM's η-step (k = 1: DDIM-η, at η = 1 the DDPM ancestral sampler) and
   SDE-DPM-Solver++(2M) (η = 1; ``benchmarks.stochastic_toy.sde_dpmpp_2m``, checked against
   diffusers' ``sde-dpmsolver++`` fed the same noise).  Each peer takes its best grid family
@@ -19,7 +21,7 @@ features to the 360 held-out test digits, each with a percentile-bootstrap 95 % 
 
 **Exactness**: ``sample(invert(x₀, seed), seed)`` on ``--n-rt`` held-out digits for
 η ∈ {0.25, 0.5, 0.75, 1} and the drift designs "time", "relation" and "auto" at 20/50/100
-steps (designed grid, float64 state): median and worst relative error, the latent's
+steps, for both base configurations on their own grids (float64 state): median and worst relative error, the latent's
 ``std(x̄_N)/σ̄_N`` (1 for noise), the predicted ``u·R``, and the stiff-growth ratio of the
 relation design to the time design (:meth:`lmsolvers.StochasticMethod.stiff_growth`).
 
@@ -41,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lmsolvers.adapters.diffusers import alphas_cumprod_from_config
+from lmsolvers.adapters.diffusers import alphas_cumprod_from_config, default_design, default_method
 from scipy import stats
 
 import lmsolvers as L
@@ -64,20 +66,34 @@ SHAPE = (1, 8, 8)
 
 
 def default_grid(ac: np.ndarray, n: int) -> L.Grid:
-    """The default exact configuration's designed grid for ``n`` steps."""
+    """O-BELM-landing's designed grid for ``n`` steps."""
     return design_schedule_grid(L.obelm_landing(0.1), n, ac).grid
+
+
+def base_and_grid(base: str, ac: np.ndarray, n: int) -> tuple[object, L.Grid]:
+    """``(method, grid)`` of a base configuration: ``"obelm-landing"`` (O-BELM with the
+    damped landing on its designed grid) or ``"default"`` (the library's default exact
+    configuration for ``n`` steps: an exponential BELM on its λ-warped grid)."""
+    if base == "default":
+        return default_method(n), default_design(n, ac).grid
+    return L.obelm_landing(0.1), default_grid(ac, n)
 
 
 def samplers() -> list[dict]:
     """The table's samplers: name, kind ("core"/"dpm2m"/"sde-dpm2m"), method, grid rule."""
     base = L.obelm_landing(0.1)
     return [
-        {"name": "ODE: ours (default)", "kind": "core", "method": base, "grid": "designed"},
+        {"name": "ODE: ours, O-BELM-landing", "kind": "core", "method": base,
+         "grid": "designed"},
         {"name": "ODE: DPM-Solver++(2M)", "kind": "dpm2m", "grid": "peer"},
-        {"name": "ours, η = 0.5", "kind": "core", "method": L.stochastic(base, 0.5),
-         "grid": "designed"},
-        {"name": "ours, η = 1", "kind": "core", "method": L.stochastic(base, 1.0),
-         "grid": "designed"},
+        {"name": "ours, O-BELM-landing, η = 0.5", "kind": "core",
+         "method": L.stochastic(base, 0.5), "grid": "designed"},
+        {"name": "ours, O-BELM-landing, η = 1", "kind": "core",
+         "method": L.stochastic(base, 1.0), "grid": "designed"},
+        {"name": "ODE: ours, default (exponential BELM)", "kind": "default", "eta": 0.0,
+         "grid": "default"},
+        {"name": "ours, default, η = 0.5", "kind": "default", "eta": 0.5, "grid": "default"},
+        {"name": "ours, default, η = 1", "kind": "default", "eta": 1.0, "grid": "default"},
         {"name": "DDIM-η, η = 0.5", "kind": "core", "method": L.stochastic(L.ddim(), 0.5),
          "grid": "peer"},
         {"name": "DDPM (DDIM-η, η = 1)", "kind": "core", "method": L.stochastic(L.ddim(), 1.0),
@@ -95,6 +111,9 @@ def _noise(n: int, seed: int, sigma_max: float) -> torch.Tensor:
 def run_sampler(sm: dict, ode: DigitsODE, sigma_bar: np.ndarray, x: torch.Tensor,
                 seed: int) -> torch.Tensor:
     """x̄₀ of one sampler on the σ̄ nodes ``sigma_bar``."""
+    if sm["kind"] == "default":  # the method of the grid's size
+        m = default_method(len(sigma_bar) - 1)
+        sm = {"kind": "core", "method": L.stochastic(m, sm["eta"]) if sm["eta"] else m}
     if sm["kind"] == "core":
         kw = {"seed": seed} if isinstance(sm["method"], L.StochasticMethod) else {}
         with warnings.catch_warnings():
@@ -135,21 +154,24 @@ def grid_of(sm: dict, family: str | None, ac: np.ndarray, sbar_table: np.ndarray
             n: int) -> np.ndarray:
     if sm["grid"] == "designed":
         return default_grid(ac, n).sigma_bar
+    if sm["grid"] == "default":
+        return default_design(n, ac).grid.sigma_bar
     return S.family_grid(family, n, sbar_table)
 
 
 def roundtrip(ode: DigitsODE, ac: np.ndarray, x0: torch.Tensor, eta: float, drift: str,
-              n: int, seed: int) -> dict:
-    grid = default_grid(ac, n)
-    m = L.stochastic(L.obelm_landing(0.1), eta, drift=drift)
+              n: int, seed: int, base: str = "obelm-landing") -> dict:
+    method, grid = base_and_grid(base, ac, n)
+    m = L.stochastic(method, eta, drift=drift)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lat = L.invert(ode, grid, m, x0, seed=seed, disable=True)
         rec = L.sample(ode, grid, m, lat, disable=True)
     err = ((rec - x0).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)).numpy()
-    rel = L.stochastic(L.obelm_landing(0.1), eta, drift="relation")
-    tim = L.stochastic(L.obelm_landing(0.1), eta, drift="time")
-    return {"eta": eta, "drift": drift, "steps": n, "resolved": m.plan(grid).drift,
+    rel = L.stochastic(method, eta, drift="relation")
+    tim = L.stochastic(method, eta, drift="time")
+    return {"base": base, "method": m.method.name, "eta": eta, "drift": drift, "steps": n,
+            "resolved": m.plan(grid).drift,
             "median": float(np.median(err)), "worst": float(err.max()),
             "latent_std": float(lat.x_N.std() / grid.sigma_bar[-1]),
             "predicted": L.predicted_roundtrip_error(m, grid, torch.float64),
@@ -169,6 +191,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="phases to run; the others are taken from --merge-into")
     p.add_argument("--merge-into", type=Path, default=None,
                    help="a record whose phases not run now are kept")
+    p.add_argument("--samplers", nargs="+", default=None,
+                   help="run only these samplers in the quality phase (the others' rows are "
+                   "kept from --merge-into)")
+    p.add_argument("--rt-bases", nargs="+", default=["obelm-landing", "default"],
+                   help="base configurations of the round trips")
     p.add_argument("--seed", type=int, default=1, help="test seed")
     p.add_argument("--val-seed", type=int, default=0, help="validation seed")
     p.add_argument("--quick", action="store_true", help="a reduced run (the tests')")
@@ -240,17 +267,20 @@ def main(argv: list[str] | None = None) -> dict:
     rows = old.get("rows", [])
     if "quality" in parts:
         idx = S.resample_index(args.n, args.boot, 7)
-        rows = []
+        rows = [r for r in rows if args.samplers is not None and r["sampler"] not in
+                args.samplers]
         for n in args.budgets:
             x = _noise(args.n, args.seed, sigma_max)
             for sm in samplers():
-                sb = grid_of(sm, families[sm["name"]], ac, ode.sbar_table, n)
+                if args.samplers is not None and sm["name"] not in args.samplers:
+                    continue
+                sb = grid_of(sm, families.get(sm["name"]), ac, ode.sbar_table, n)
                 t1 = time.perf_counter()
                 out = run_sampler(sm, ode, sb, x, args.seed) * float(
                     1 / np.sqrt(1 + sb[0] ** 2))
                 q = quality(clf, out, f_ref, idx)
-                q.update(sampler=sm["name"], nfe=n, grid=families[sm["name"]] or "designed",
-                         seconds=time.perf_counter() - t1)
+                q.update(sampler=sm["name"], nfe=n, seconds=time.perf_counter() - t1,
+                         grid=families.get(sm["name"]) or sm["grid"])
                 rows.append(q)
                 log(f"NFE {n} {sm['name']}: FD {q['fd']:.3g} conf {q['conf']:.3f} entropy "
                     f"{q['entropy']:.3f} ({q['seconds']:.0f}s)", flush=True)
@@ -258,14 +288,16 @@ def main(argv: list[str] | None = None) -> dict:
     rts = old.get("roundtrip", [])
     if "roundtrip" in parts:
         x_ho = x_test[:args.n_rt].double()
-        rts = []
-        for n in args.budgets:
-            for eta in RT_ETAS:
-                for drift in ("auto", "time", "relation"):
-                    r = roundtrip(ode, ac, x_ho, eta, drift, n, args.seed)
-                    rts.append(r)
-                    log(f"round trip η {eta} {drift} N {n}: median {r['median']:.2e} worst "
-                        f"{r['worst']:.2e} latent {r['latent_std']:.3g}", flush=True)
+        rts = [r for r in rts if r.get("base", "obelm-landing") not in args.rt_bases]
+        for base in args.rt_bases:
+            for n in args.budgets:
+                for eta in RT_ETAS:
+                    for drift in ("auto", "time", "relation"):
+                        r = roundtrip(ode, ac, x_ho, eta, drift, n, args.seed, base)
+                        rts.append(r)
+                        log(f"round trip {base} η {eta} {drift} N {n}: median "
+                            f"{r['median']:.2e} worst {r['worst']:.2e} latent "
+                            f"{r['latent_std']:.3g}", flush=True)
     sb = S.family_grid("trailing", 10, ode.sbar_table)
     check = check_sde_dpmpp(ode, sb, _noise(8, 3, sigma_max), 3, ode.ddpm_config)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
@@ -311,14 +343,15 @@ def render(rec: dict) -> str:
                          + [cell(by[b]) if b in by else "–" for b in budgets])
         out += [f"## {title}", "", markdown_table(
             ["sampler", "grid"] + [f"NFE {b}" for b in budgets], table), ""]
-    table = [[r["eta"], r["drift"] + ("" if r["drift"] != "auto" else f" → {r['resolved']}"),
+    table = [[r.get("method", "obelm-landing(0.1)"), r["eta"],
+              r["drift"] + ("" if r["drift"] != "auto" else f" → {r['resolved']}"),
               r["steps"], f"{r['median']:.1e}", f"{r['worst']:.1e}", f"{r['latent_std']:.3g}",
               f"{r['predicted']:.1e}", f"{r['stiff_ratio']:.3g}"] for r in rec["roundtrip"]]
     out += ["## Exact inversion of the stochastic sampler", "",
-            f"`sample(invert(x0, seed))` on {cfg['n_rt']} held-out digits, designed grid, "
-            "float64 state; latent = std(x̄_N)/σ̄_N (1 for Gaussian noise); predicted = u·R; "
+            f"`sample(invert(x0, seed))` on {cfg['n_rt']} held-out digits, the base method's own "
+            "grid, float64 state; latent = std(x̄_N)/σ̄_N (1 for Gaussian noise); predicted = u·R; "
             "stiff ratio = stiff growth of the relation design over the time design.", "",
-            markdown_table(["η", "drift", "steps", "median rel. error", "worst",
+            markdown_table(["base method", "η", "drift", "steps", "median rel. error", "worst",
                             "latent", "predicted u·R", "stiff ratio"], table), ""]
     table = [[r["eta"], r["steps"], f"{r['ratio']:.3g}", f"{r['fd_time']:.3f}",
               f"{r['fd_relation']:.3f}"] for r in rec["threshold"]]
