@@ -51,6 +51,9 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.adapters_roundtrip
 	$(BIN)/python -m benchmarks.jobs_throughput
 	$(BIN)/python -m benchmarks.kdiffusion_bench
+	$(BIN)/python -m benchmarks.stochastic_toy
+	$(BIN)/python -m benchmarks.stochastic_digits
+	$(BIN)/python -m benchmarks.edit_friendly
 
 # Targeted mutation testing (tools/README.md): kill rate and survivors (~20 min).
 mutate: $(STAMP)

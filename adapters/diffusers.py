@@ -51,6 +51,7 @@ from lmsolvers.integrate import invert, sample
 from lmsolvers.latent import Latent
 from lmsolvers.loggrid import log_nodes, log_schedule_grid
 from lmsolvers.registry import method_from_name
+from lmsolvers.stochastic import StochasticMethod, stochastic
 
 from .schedules import (
     Schedule,
@@ -565,6 +566,11 @@ class DiffusionSampler:
         timesteps ``≥ round(T(1 − d))``) and refiner (``denoising_start``: the steps below)
         do; the latent then lives on that part of the grid, and :meth:`sample` from a
         tensor starts at the part's top node (the refiner's input is the base's output).
+    eta:
+        ``> 0``: sample the reverse SDE with noise level η (DDIM's η) by the method's stochastic
+        form (:func:`lmsolvers.stochastic`, docs/design.md §13; the grid is still the one
+        designed or chosen for the method); :meth:`sample`/:meth:`invert` then take
+        ``seed=``.  Equivalent to ``method=lmsolvers.stochastic(method, eta)``.
     conditioning:
         Further pipeline arguments (``pooled_prompt_embeds``, SDXL's ``original_size`` …,
         FLUX's ``true_cfg_scale``; :class:`DiffusersEps`).
@@ -605,6 +611,7 @@ class DiffusionSampler:
         mu: float | None = None,
         denoising_start: float | None = None,
         denoising_end: float | None = None,
+        eta: float = 0.0,
         **conditioning: Any,
     ) -> None:
         self.unet = unet
@@ -629,6 +636,9 @@ class DiffusionSampler:
             method = default_method(self._steps(scheduler, n), self.flow) \
                 if grid == "designed" else "obelm"
         self.method = method_from_name(method)
+        #: the method grids are designed for: a stochastic method's deterministic form
+        self._grid_method = self.method.method if isinstance(self.method, StochasticMethod) \
+            else self.method
         self.design: GridDesign | None = None
         self._design_flow = False
         self._sched_args = dict(num_inference_steps=n, timesteps=timesteps, sigmas=sigmas)
@@ -661,7 +671,7 @@ class DiffusionSampler:
                     self._fixed = self._schedule(self._mu)
             else:
                 self.design = default_design(n, ac, _final_alpha_cumprod(cfg, ac),
-                                             self.method)
+                                             self._grid_method)
                 self._fixed = Schedule(self.design.grid, None)
         else:
             raise ValueError(f"grid must be None, 'designed', 'scheduler' or an lmsolvers Grid, "
@@ -686,6 +696,8 @@ class DiffusionSampler:
         dev = next(unet.parameters()).device
         self.state_dtype = resolve_state_dtype(state_dtype, dev)
         self.disable_progress = disable_progress
+        if eta:
+            self.method = stochastic(self.method, eta)
 
     # ------------------------------------------------------------ the schedule
     @staticmethod
@@ -695,7 +707,7 @@ class DiffusionSampler:
     def _schedule(self, mu: float | None) -> Schedule:
         sch = schedule_from_scheduler(self.scheduler, **self._sched_args, mu=mu)
         if self._design_flow:
-            return designed_flow_schedule(sch, self.method, sch.num_model_calls)
+            return designed_flow_schedule(sch, self._grid_method, sch.num_model_calls)
         start, end = self._cut
         if start is not None or end is not None:
             T = int(_config_of(self.scheduler).get("num_train_timesteps", 1000))
@@ -849,7 +861,7 @@ class DiffusionSampler:
 
     def sample(self, x: torch.Tensor | Latent, *, callback: Any = None,
                grad: str | None = None, params: Sequence[torch.Tensor] | None = None,
-               **conditioning: Any) -> torch.Tensor:
+               seed: int | Sequence[int] | None = None, **conditioning: Any) -> torch.Tensor:
         """``x_0`` (in ``state_dtype``) from noise ``x_T`` or from an inverted latent.
 
         From a tensor: with an α = 0 top node the entry step (:meth:`enter`) then the method;
@@ -865,6 +877,9 @@ class DiffusionSampler:
         states), conditioning tensors that require grad (prompt embeddings, …) and model
         parameters that do (freeze the model with ``requires_grad_(False)`` when only the
         noise or the embeddings matter).  The model stays in eval mode, in its dtype.
+
+        ``seed``: the noise seed of a stochastic method (``eta > 0``); from a latent it
+        defaults to the latent's (another seed is refused: it is another sampler).
         """
         schedule = self._resolve(x)
         eps = self._eps_for(schedule, conditioning)
@@ -882,22 +897,26 @@ class DiffusionSampler:
             start = self._state(x, eps, float(grid.alphas[-1]), "x_T")
         xbar0 = sample(eps, grid, self.method, start, callback=callback,
                        disable=self.disable_progress, context=eps.context, grad=grad,
-                       params=params)
+                       params=params, seed=seed)
         return xbar0 * float(grid.alphas[0])
 
-    def invert(self, x0: torch.Tensor, *, callback: Any = None, **conditioning: Any) -> Latent:
+    def invert(self, x0: torch.Tensor, *, callback: Any = None,
+               seed: int | Sequence[int] | None = None, **conditioning: Any) -> Latent:
         """The exact-inversion :class:`Latent` of data ``x_0`` (states ``x̄`` in
         ``state_dtype``) on the finite grid, recording the grid, the method and
-        :attr:`context`.  ``conditioning`` overrides the constructor's for this run."""
+        :attr:`context` (and, for a stochastic method, η and ``seed``, which it needs).
+        ``conditioning`` overrides the constructor's for this run."""
         schedule = self._resolve(x0)
         eps = self._eps_for(schedule, conditioning)
         return invert(eps, schedule.grid, self.method,
                       self._state(x0, eps, float(schedule.grid.alphas[0]), "x0"),
-                      callback=callback, disable=self.disable_progress, context=eps.context)
+                      callback=callback, disable=self.disable_progress, context=eps.context,
+                      seed=seed)
 
-    def reconstruct(self, x0: torch.Tensor, **conditioning: Any) -> torch.Tensor:
+    def reconstruct(self, x0: torch.Tensor, seed: int | Sequence[int] | None = None,
+                    **conditioning: Any) -> torch.Tensor:
         """``sample(invert(x_0))``: equals ``x_0`` up to the state's round-off."""
-        return self.sample(self.invert(x0, **conditioning), **conditioning)
+        return self.sample(self.invert(x0, seed=seed, **conditioning), **conditioning)
 
     def noise_of(self, latent: Latent) -> torch.Tensor:
         """The model-space noisiest state ``x_T = α_N x̄_N`` of a latent, with ``α_N`` from

@@ -28,6 +28,7 @@ import torch
 from lmsolvers.grid import Grid
 from lmsolvers.integrate import sample
 from lmsolvers.latent import Latent, LatentMismatchError, check_latent
+from lmsolvers.stochastic import bind_seed, noise_identity_of
 
 from .diffusers import DiffusionSampler
 
@@ -110,6 +111,7 @@ def edit_latents(
     disable_progress: bool | None = None,
     source_pooled_prompt_embeds: torch.Tensor | None = None,
     target_pooled_prompt_embeds: torch.Tensor | None = None,
+    seed: int | Sequence[int] | None = None,
     **conditioning: Any,
 ) -> EditResult:
     """Edit image latents: invert under the source prompt, regenerate under the target.
@@ -129,6 +131,8 @@ def edit_latents(
     (``negative_pooled_prompt_embeds``, SDXL's ``original_size``…, FLUX's ``true_cfg_scale``,
     schedule arguments ``sigmas``/``mu``; :class:`~lmsolvers.adapters.DiffusionSampler`) for
     both prompts.  (For FLUX ``guidance_scale`` is the distilled-guidance embedding.)
+    A stochastic ``method`` (``"…+eta(η)"``, or ``eta=`` in ``conditioning``) inverts and
+    regenerates with the noise of ``seed`` (default: ``latent``'s).
     """
     if not 0.0 <= frozen_fraction <= 1.0:
         raise ValueError(f"frozen_fraction must lie in [0, 1], got {frozen_fraction}")
@@ -144,17 +148,18 @@ def edit_latents(
     src.schedule_for(latents)  # size-dependent schedules (FLUX's mu) resolve on the latents
     grid = tgt.schedule_for(latents).grid
     if latent is None:
-        latent = src.invert(latents)
+        latent = src.invert(latents, seed=seed)
     else:  # the source inversion of these latents, not any latent
         check_latent(latent, src.grid, src.method.key, src.method.name, src.context,
-                     src.method.k)
+                     src.method.k, noise=noise_identity_of(bind_seed(src.method, seed, latent)))
     threshold = frozen_threshold(grid, frozen_fraction)
 
     def eps(xbar: torch.Tensor, s: float) -> torch.Tensor:
         return src.eps(xbar, s) if s >= threshold else tgt.eps(xbar, s)
 
     start = tgt.move(latent).with_context(tgt.context)  # an edit: other settings on purpose
-    xbar0 = sample(eps, grid, tgt.method, start, disable=disable_progress, context=tgt.context)
+    xbar0 = sample(eps, grid, tgt.method, start, disable=disable_progress, context=tgt.context,
+                   seed=seed)
     return EditResult(latents=xbar0 * float(grid.alphas[0]), latent=latent)
 
 

@@ -44,8 +44,20 @@ k-step method's latent is k states (:class:`~lmsolvers.Latent`), a pipeline pass
   :class:`InvertedLatentWarning`: sampling from one state is not the inverse.
 
 The scheduler cannot see the pipeline's guidance scale: invert with the same one
-(docs/design.md §3).  Thresholding/clipping and stochastic steps (``eta ≠ 0``) are not
-supported: they are not invertible.
+(docs/design.md §3).  Thresholding/clipping is not supported: it is not invertible.
+
+**Stochastic steps** (``eta > 0``, docs/design.md §13): ``pipe(..., eta=η,
+generator=torch.Generator().manual_seed(s))`` runs the method's stochastic form
+(:func:`lmsolvers.stochastic`, DDIM's η-law: with ``method="ddim"`` it is DDIMScheduler's
+step).  The noise is not drawn from the generator's stream — the pipeline draws its initial
+latents from the same generator, so the stream's state at a step differs between an
+inversion run and a sampling run — but regenerated from the generator's *initial seed*
+(``generator.initial_seed()``; a list of generators: one seed per batch row), the node and
+the batch row (:mod:`lmsolvers.noise`).  So a :class:`BELMInverseScheduler` run and a
+:class:`BELMScheduler` run with a generator of the same seed and the same η add and subtract
+the same noise, and the pair is exact; the latent records η and the seed, and a run with
+another seed or η does not resume it.  ``variance_noise`` (noise the other direction cannot
+regenerate) is refused, as is η > 0 without a generator.
 """
 
 from __future__ import annotations
@@ -71,6 +83,7 @@ from lmsolvers.grid import Grid
 from lmsolvers.latent import Latent, LatentMismatchError, check_latent, freeze_context
 from lmsolvers.method import LMMethod, StepCoefficients
 from lmsolvers.registry import method_from_name
+from lmsolvers.stochastic import StochasticMethod, StochasticPlan, noise_identity_of
 
 from .diffusers import _check_prediction_type, resolve_state_dtype, to_epsilon, top_prediction
 from .handoff import LatentHandoff, gather_rows
@@ -170,6 +183,35 @@ def _check_tensor(x: Any, name: str) -> None:
         raise TypeError(f"{name} must be a floating-point torch.Tensor, got "
                         f"{type(x).__name__}" + (f" {x.dtype}" if isinstance(x, torch.Tensor)
                                                  else ""))
+
+
+def _generator_seed(generator: Any) -> int | tuple[int, ...]:
+    """The seed an η > 0 step keys its noise on: ``generator.initial_seed()`` (one per row for
+    a list of generators)."""
+    if generator is None:
+        raise ValueError(
+            "eta > 0 needs generator=torch.Generator().manual_seed(s) (a stock pipeline passes "
+            "pipe(..., generator=...) to the scheduler): the noise of a stochastic step is "
+            "regenerated from the generator's seed, so that the inverse run can subtract it")
+    gens = list(generator) if isinstance(generator, list | tuple) else [generator]
+    seeds = []
+    for g in gens:
+        if not isinstance(g, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator (or a list of them), got "
+                            f"{type(g).__name__}: its seed keys the noise of eta > 0 steps")
+        try:
+            seeds.append(int(g.initial_seed()))
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"the generator's seed cannot be read ({exc}); pass "
+                             "torch.Generator().manual_seed(s)") from exc
+    return tuple(seeds) if isinstance(generator, list | tuple) else seeds[0]
+
+
+def _check_eta(eta: Any) -> float:
+    if isinstance(eta, bool) or not isinstance(eta, int | float | np.floating) \
+            or not np.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a finite number ≥ 0, got {eta!r}")
+    return float(eta)
 
 
 class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
@@ -432,6 +474,9 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
         self._shape: tuple[int, ...] | None = None
         #: rows of a partly handed-off batch: node → (row mask, the latent's states there)
         self._given: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        #: the run's stochastic form (η > 0) and its plan, or None
+        self._sto: StochasticMethod | None = None
+        self._sto_plan: StochasticPlan | None = None
 
     def _state_dtype(self, device: torch.device) -> torch.dtype:
         if device.type == "cpu":  # the common case, without the MPS fallback's check
@@ -512,13 +557,12 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
     def _check_call(self, model_output: Any, timestep: Any, sample: Any, eta: float,
                     variance_noise: Any) -> int:
         """Validate one ``step`` call before anything changes; return its timestep index."""
-        if eta != 0.0:
-            raise ValueError(f"eta = {eta!r}: a stochastic (η > 0) step adds fresh noise and has "
-                             "no exact inverse; these schedulers run the deterministic η = 0 "
-                             "step only")
+        _check_eta(eta)
         if variance_noise is not None:
-            raise ValueError("variance_noise is the noise of a stochastic (η > 0) step, which "
-                             "has no exact inverse; pass none")
+            raise ValueError(
+                "variance_noise cannot be regenerated by the other run of the exact pair "
+                "(inversion or sampling); pass generator=torch.Generator().manual_seed(s) "
+                "instead: an eta > 0 step keys its noise on the generator's seed")
         if self.grid is None:
             raise RuntimeError("call set_timesteps before step")
         _check_tensor(sample, "sample")
@@ -566,7 +610,34 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
                   disable=True, desc="", total=0)
         self._run, self._shape = run, tuple(sample.shape)
         self._start_index = index
+        if self._sto is not None:
+            self._sto.attach(run)
         return run
+
+    def _run_noise(self, eta: float, generator: Any, starting: bool,
+                   dtype: torch.dtype) -> StochasticMethod | None:
+        """The run's stochastic form: set up when a run starts (η > 0: the method with DDIM's
+        η-law, seeded by the generator), afterwards checked to stay the same."""
+        eta = _check_eta(eta)
+        if starting:
+            self._sto = self._sto_plan = None
+            if eta > 0.0:
+                sto = StochasticMethod(self._method, eta, "ddim", _generator_seed(generator))
+                self._sto_plan = sto.prepare(self.grid, dtype, self._direction)
+                self._sto = sto
+            return self._sto
+        run_eta = 0.0 if self._sto is None else self._sto.eta
+        if eta != run_eta:
+            raise ValueError(f"eta changed from {run_eta!r} to {eta!r} in mid-run; pass one eta "
+                             "for the whole run (set_timesteps(...) starts a new one)")
+        if self._sto is not None and _generator_seed(generator) != self._sto.seed:
+            raise ValueError("the generator's seed changed in mid-run; pass one generator for "
+                             "the whole run")
+        return self._sto
+
+    def _run_method(self) -> LMMethod | StochasticMethod:
+        """The method the run in progress applies (its stochastic form for η > 0)."""
+        return self._method if self._sto is None else self._sto
 
     def _node_eps(self, model_output: torch.Tensor, sample: torch.Tensor, m: int,
                   dtype: torch.dtype) -> torch.Tensor:
@@ -617,6 +688,17 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+
+def _keeps_noise_rows(latent: Latent, j: int, i: int, batch: int) -> bool:
+    """Whether row j of a handed-off ``latent``, passed as row i of a batch of ``batch``
+    rows, keeps its noise: always for a deterministic or a per-row-seeded inversion; for one
+    seed (row b's noise keyed by (seed, b)) only at the same position in a batch of the same
+    size."""
+    seed = dict(latent.noise).get("seed") if latent.noise else None
+    if seed is None or isinstance(seed, tuple):
+        return True
+    return i == j and latent.states[0].shape[0] == batch
 
 
 class BELMScheduler(_LMSchedulerBase):
@@ -684,9 +766,14 @@ class BELMScheduler(_LMSchedulerBase):
             ctx["prediction_type"] = self.config.prediction_type
         return ctx
 
-    def _check_latent(self, latent: Latent, grid: Grid) -> None:
-        check_latent(latent, grid, self._method.key, self._method.name,
-                     self._latent_context(latent), self._method.k)
+    def _check_latent(self, latent: Latent, grid: Grid, loading: bool = False) -> None:
+        m = self._run_method()
+        if loading and latent.noise:  # η and the seed are checked when a run starts
+            noise = dict(latent.noise)
+            m = StochasticMethod(self._method, noise.get("eta", 1.0), noise.get("law", "ddim"),
+                                 noise.get("seed"))
+        check_latent(latent, grid, m.key, m.name, self._latent_context(latent), m.k,
+                     noise=noise_identity_of(m))
 
     def load_latent(self, latent: Latent, dtype: torch.dtype = torch.float32,
                     device: str | torch.device | None = None) -> torch.Tensor:
@@ -724,7 +811,7 @@ class BELMScheduler(_LMSchedulerBase):
         errors = []
         for what, g in grids:
             try:
-                self._check_latent(latent, g)
+                self._check_latent(latent, g, loading=True)
                 break
             except LatentMismatchError as exc:
                 errors.append((what, exc))
@@ -773,7 +860,7 @@ class BELMScheduler(_LMSchedulerBase):
         given = self._handed_off(sample, entered)
         if given is not None and bool(given[0].all()):
             return self._resume(given[1], sample, dtype, index)
-        if k > 1 and self._method.starter == "rk4":
+        if k > 1 and self._method.starter == "rk4" and self._sto is None:
             raise ValueError(
                 f"method {self._method.name!r} starts with an RK4 starter, which needs "
                 "evaluations between grid nodes; a pipeline gives one per node. Sample it "
@@ -842,6 +929,18 @@ class BELMScheduler(_LMSchedulerBase):
                 ".latent and pass latents=scheduler.load_latent(latent)",
                 InvertedLatentWarning, stacklevel=5)
         ok = [row is not None and fits[id(row[0])] is None for row in match.rows]
+        moved = [i for i, row in enumerate(match.rows)
+                 if ok[i] and not _keeps_noise_rows(row[0], row[1], i, len(match.rows))]
+        if moved:
+            warnings.warn(
+                f"rows {moved} of these latents are rows of a stochastic (eta > 0) inversion "
+                "with one generator seed, whose noise is keyed by the row's position in its "
+                "batch; at another position or in a batch of another size the noise differs, "
+                "so sampling them is NOT the inverse. Pass the inverted batch whole and in its "
+                "order, or use one generator per row (generator=[torch.Generator()."
+                "manual_seed(s) for s in seeds]) for both runs", InvertedLatentWarning,
+                stacklevel=5)
+            ok = [use and i not in moved for i, use in enumerate(ok)]
         if not any(ok):
             return None
         picked = [row for row, use in zip(match.rows, ok, strict=True) if use]
@@ -865,9 +964,10 @@ class BELMScheduler(_LMSchedulerBase):
     ) -> BELMSchedulerOutput | tuple:
         """One step from the node of ``timestep`` down to the next node of the grid.
 
-        DDIMScheduler's signature.  ``eta`` must be 0 and ``variance_noise`` ``None`` (a
-        stochastic step has no exact inverse: ``ValueError``); ``generator`` and
-        ``use_clipped_model_output`` have nothing to act on (no noise, no clipping).
+        DDIMScheduler's signature.  ``eta > 0`` runs the method's stochastic form with DDIM's
+        η-law and needs ``generator`` (its seed keys the noise: module docstring);
+        ``variance_noise`` is refused (the inverse run could not regenerate it); one η and
+        one seed per run.  ``use_clipped_model_output`` has nothing to act on (no clipping).
         ``timestep`` must be the next entry of ``timesteps`` (the first one of a run may be
         any entry, or ``timesteps[begin_index]``), and ``sample``/``model_output`` keep the
         run's shape; otherwise ``ValueError``.
@@ -877,6 +977,7 @@ class BELMScheduler(_LMSchedulerBase):
         dtype = self._state_dtype(sample.device)
         m = self._nodes[i]
         starting = not (self._step_index is not None and self._step_index < len(self._nodes))
+        sto = self._run_noise(eta, generator, starting, dtype)
         if starting:
             run = self._start(sample, dtype, i)
         else:
@@ -908,9 +1009,12 @@ class BELMScheduler(_LMSchedulerBase):
         if r in w:  # given by a loaded latent
             xr = w[r]
         elif m > self._entry - k + 1:  # starter from the node the run entered at
-            xr = self._method.starter_state(w, m, r)
+            if sto is not None:
+                xr = sto.noisy_starter(run, self._sto_plan, m, r)
+            else:
+                xr = self._method.starter_state(w, m, r)
         else:
-            xr = lm_step(self._coeffs, r, w)
+            xr = lm_step(self._coeffs if sto is None else self._sto_plan.coeffs, r, w)
         if self._given:  # rows resumed from a handed-off latent
             xr = self._given_rows(r, xr)
         x0 = self._x0_pred(m, eps_m, sample, model_output)
@@ -988,7 +1092,9 @@ class BELMInverseScheduler(_LMSchedulerBase):
         g, k, N = self.grid, self._method.k, self.grid.N
         dtype = self._state_dtype(sample.device)
         m = self._nodes[i]
-        if not (self._step_index is not None and self._step_index < len(self._nodes)):
+        starting = not (self._step_index is not None and self._step_index < len(self._nodes))
+        sto = self._run_noise(eta, generator, starting, dtype)
+        if starting:
             run = self._new_run(sample, dtype, i)
             run.window.put(m, sample.to(dtype) / self._alpha[m], aux=sample)
             self._entry = m
@@ -1002,10 +1108,13 @@ class BELMInverseScheduler(_LMSchedulerBase):
         w = run.window
         eps_m = self._node_eps(model_output, sample, m, dtype)
         w.set_eps(m, eps_m)
-        if m < self._entry + k - 1:
+        if m < self._entry + k - 1 and sto is not None and self._sbar[m] > 0.0:
+            xn = sto.noisy_starter(run, self._sto_plan, m, m + 1)
+        elif m < self._entry + k - 1:
             xn = euler_step(w[m], self._sbar[m + 1] - self._sbar[m], eps_m)
         else:
-            xn = lm_step_inverse(self._coeffs, m + 1 - k, w)
+            xn = lm_step_inverse(self._coeffs if sto is None else self._sto_plan.coeffs,
+                                 m + 1 - k, w)
         x0 = self._x0_pred(m, eps_m, sample, model_output)
         if m >= self._entry + k - 1:
             w.drop(m + 1 - k)
@@ -1017,8 +1126,9 @@ class BELMInverseScheduler(_LMSchedulerBase):
             # stops here — DiffEdit or img2img at strength < 1 resume from it mid-schedule.
             # Built only when asked for (the hand-off registry calls it on a match).
             nodes = tuple(range(m + 2 - k, m + 2))
-            part = functools.partial(Latent, tuple([w[j] for j in nodes]), self._method.name,
-                                     self._method.key, g, self._context, nodes)
+            ident = self._run_method()
+            part = functools.partial(Latent, tuple([w[j] for j in nodes]), ident.name, ident.key,
+                                     g, self._context, nodes, noise=noise_identity_of(ident) or ())
             if m + 1 == N:
                 self.latent = part()
             if self.register_latents:

@@ -9,6 +9,11 @@ Methods (inversion → regeneration; all on an N-step grid, DDIM-type steps unle
 
 * exact (``lmsolvers.adapters.edit_latents``, unchanged): O-BELM, the library default,
   EDICT(0.93), BDIA(1) — inversion under the source class at the edit's guidance;
+* exact and stochastic: the default configuration's stochastic form at η = 0.5
+  (``eta=0.5``, one noise seed for inversion and regeneration; docs/design.md §13);
+* edit-friendly DDPM inversion (Huberman-Spiegelglas et al., CVPR 2024;
+  :mod:`benchmarks.edit_friendly`): independent noisy x̄_m, N stored noise maps, DDPM
+  regeneration under the target with the same maps (exact by construction, O(N) memory);
 * DDIM inversion under the guided source ε, DDIM regeneration;
 * negative-prompt inversion (Miyake et al. 2023): DDIM inversion under the conditional ε,
   regeneration with the source class as the negative embedding;
@@ -76,6 +81,7 @@ import lmsolvers
 
 from .digits_classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
 from .digits_data import load_digits_split, save_image_grid
+from .edit_friendly import ef_invert, ef_sample
 from .guidance_roundtrip import (
     EXACT,
     MODEL,
@@ -93,8 +99,12 @@ from .tables import markdown_table
 BACKGROUND = -0.75  # pixel value of intensity 2/16
 FROZEN = (0.0, 0.4, 0.7, 0.85, 0.95)
 GUIDANCE = (1.0, 3.0, 5.0, 7.5)
-METHODS = (*EXACT, "DDIM inversion", "negative-prompt inv.", "null-text inv.", "DI + DDIM",
-           "DI + O-BELM")
+STOCHASTIC = "ours, stochastic (η = 0.5)"
+EDIT_FRIENDLY = "edit-friendly DDPM"
+METHODS = (*EXACT, STOCHASTIC, "DDIM inversion", "negative-prompt inv.", "null-text inv.",
+           "DI + DDIM", "DI + O-BELM", EDIT_FRIENDLY)
+#: η and noise seed of the stochastic exact edit, and the seed of edit-friendly's x̄_m draws
+STOCHASTIC_ETA, NOISE_SEED = 0.5, 11
 
 
 # ---------------------------------------------------------------------- pairs
@@ -184,7 +194,7 @@ class Editor:
 
     def inversion_key(self, name: str, w: float) -> Any:
         """The cache key of the inversion a method's edit at guidance ``w`` uses."""
-        if name in EXACT:
+        if name in EXACT or name in (STOCHASTIC, EDIT_FRIENDLY):
             return (name, w)
         if name == "null-text inv." and w > 1.0:
             return ("nulltext", w)
@@ -209,6 +219,33 @@ class Editor:
             disable_progress=True).invert(self.x0))
         out, _ = self._edit_latents(method, w, f, lat)
         return out
+
+    def stochastic(self, w: float, f: float) -> torch.Tensor:
+        """The default configuration's stochastic form (η = STOCHASTIC_ETA), inverted under
+        the source class with the noise of NOISE_SEED and regenerated with the same noise."""
+        lat = self.cached((STOCHASTIC, w), lambda: class_sampler(
+            self.m, self.scheduler, self.steps, self.a, w, eta=STOCHASTIC_ETA,
+            disable_progress=True).invert(self.x0, seed=NOISE_SEED))
+        res = edit_latents(self.m, self.scheduler, self.x0, self.src_e, self.tgt_e, self.null_e,
+                           num_inference_steps=self.steps, guidance_scale=w, frozen_fraction=f,
+                           latent=lat, disable_progress=True, eta=STOCHASTIC_ETA,
+                           seed=NOISE_SEED)
+        return res.latents
+
+    def edit_friendly(self, w: float, f: float) -> torch.Tensor:
+        """Edit-friendly DDPM inversion (benchmarks.edit_friendly) under the source class at
+        guidance w, regenerated with its N noise maps under the target (the first ⌊fN⌉ steps
+        keep the source class: the paper's skip)."""
+        src = class_guided_eps(self.m, self.scheduler, None, self.a, w, grid=self.grid)
+        tgt = class_guided_eps(self.m, self.scheduler, None, self.b, w, grid=self.grid)
+        lat = self.cached((EDIT_FRIENDLY, w), lambda: ef_invert(src, self.grid, self._x0bar(),
+                                                                NOISE_SEED))
+        thr = frozen_threshold(self.grid, f)
+
+        def eps(x: torch.Tensor, s: float) -> torch.Tensor:
+            return src(x, s) if s >= thr else tgt(x, s)
+
+        return ef_sample(eps, self.grid, lat) * float(self.grid.alphas[0])
 
     def _x0bar(self) -> torch.Tensor:
         return self.x0 / float(self.grid.alphas[0])
@@ -292,7 +329,9 @@ class Editor:
         """The edit of ``name`` at guidance ``w`` and frozen fraction ``f``."""
         if name in EXACT:
             return self.exact(name, w, f)
-        return {"DDIM inversion": lambda: self.ddim(w, f),
+        return {STOCHASTIC: lambda: self.stochastic(w, f),
+                EDIT_FRIENDLY: lambda: self.edit_friendly(w, f),
+                "DDIM inversion": lambda: self.ddim(w, f),
                 "negative-prompt inv.": lambda: self.npi(w, f),
                 "null-text inv.": lambda: self.nulltext(w, f),
                 "DI + DDIM": lambda: self.direct("ddim", w, f),

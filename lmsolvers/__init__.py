@@ -67,9 +67,11 @@ _EXPORTS: dict[str, str] = {
     "unpack_latent": "packing",
     "is_packed_latent": "packing",
     "PackedLatentError": "packing",
+    "stochastic": "stochastic",
+    "StochasticMethod": "stochastic",
 }
 #: public submodules
-_MODULES = ("problems",)
+_MODULES = ("problems", "sde", "noise")
 
 __all__ = [*_EXPORTS, *_MODULES]
 __version__ = "0.1.0"

@@ -103,6 +103,7 @@ from .engine import EpsFn, Integrator, Run, all_finite
 from .grid import Grid
 from .latent import Latent, freeze_context
 from .method import LMMethod
+from .stochastic import StochasticMethod, noise_identity_of
 
 __all__ = [
     "BitexactLatent",
@@ -149,7 +150,9 @@ class FixedPointPlan:
     ``x̄_m = scale[m] · Y_m``; row ``r`` (landing on node r, target ``t = r + k`` in
     inversion) has shift ``shift[r] = δ_r`` and increment coefficients ``ca[r, j−1]``
     (on ``Y_{r+j}``) and ``ce[r, j−1]`` (on ``ε̄_{r+j}``), j = 1..k−1 (module docstring).
-    ``int_bits[m]`` is log2 of the design bound of ``|Y_m|``.
+    ``int_bits[m]`` is log2 of the design bound of ``|Y_m|``.  A stochastic method adds
+    ``cz[r, m]`` (on the regenerated noise ``z_{r+m}``, m = 0..k−1): a known term of the
+    increment like the ε terms, so its rounded sum stays exactly invertible.
     """
 
     method_name: str
@@ -163,6 +166,7 @@ class FixedPointPlan:
     ca: np.ndarray
     ce: np.ndarray
     int_bits: np.ndarray
+    cz: np.ndarray | None = None
 
     @property
     def N(self) -> int:  # noqa: N802 - the maths' name
@@ -178,9 +182,10 @@ class FixedPointPlan:
         """``(float64(Y) · s_m).to(dtype)``: the one place a state becomes a float again."""
         return (y.to(torch.float64) * float(self.scale[m])).to(self.dtype)
 
-    def increment(self, r: int, ys: Sequence[torch.Tensor], es: Sequence[torch.Tensor]
-                  ) -> torch.Tensor:
-        """``Q_r = round(g_r)`` from ``Y_{r+1..r+k−1}`` and float64 ``ε̄_{r+1..r+k−1}``.
+    def increment(self, r: int, ys: Sequence[torch.Tensor], es: Sequence[torch.Tensor],
+                  zs: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """``Q_r = round(g_r)`` from ``Y_{r+1..r+k−1}`` and float64 ``ε̄_{r+1..r+k−1}`` (and the
+        noise ``z_{r..r+k−1}`` of a stochastic method).
 
         Always the same sequence of float64 operations (no fused multiply-add), so both
         directions get the same bits.
@@ -191,6 +196,10 @@ class FixedPointPlan:
                 if coef == 0.0:
                     continue
                 term = t.to(torch.float64) * float(coef)
+                g = term if g is None else g + term
+        for m, z in enumerate(zs):
+            if self.cz[r, m] != 0.0:
+                term = z.to(torch.float64) * float(self.cz[r, m])
                 g = term if g is None else g + term
         if g is None:  # every coefficient vanishes on this step
             g = torch.zeros_like(ys[0], dtype=torch.float64)
@@ -216,7 +225,7 @@ def _require_range(v: torch.Tensor, bits: int, node: int, s: float, what: str) -
         )
 
 
-def fixed_point_plan(method: LMMethod, grid: Grid, dtype: torch.dtype, *,
+def fixed_point_plan(method: LMMethod | StochasticMethod, grid: Grid, dtype: torch.dtype, *,
                      frac_bits: int | None = None, state_bound: float = 8.0) -> FixedPointPlan:
     """Choose the per-node fixed-point scales of ``method`` on ``grid`` (module docstring).
 
@@ -224,7 +233,7 @@ def fixed_point_plan(method: LMMethod, grid: Grid, dtype: torch.dtype, *,
     the int64 range (``2^59`` quanta with head-room) at some node, and ``ValueError`` if
     the method is not bidirectional explicit on the grid.
     """
-    if not isinstance(method, LMMethod):
+    if not isinstance(method, LMMethod | StochasticMethod):
         raise TypeError(f"bit-exact mode supports LMMethod BELMs, got {type(method).__name__} "
                         "(EDICT's coupled integrator has no bit-exact mode)")
     if method.k < 2:
@@ -276,11 +285,13 @@ def fixed_point_plan(method: LMMethod, grid: Grid, dtype: torch.dtype, *,
     for j in range(1, k):
         ca[:, j - 1] = coeffs.a[:, j - 1] * scale[rows + j] / denom
         ce[:, j - 1] = coeffs.bh[:, j] / denom
-    if not (np.all(np.isfinite(ca)) and np.all(np.isfinite(ce))):
+    cz = None if coeffs.g is None else coeffs.g / denom[:, None]
+    if not (np.all(np.isfinite(ca)) and np.all(np.isfinite(ce))
+            and (cz is None or np.all(np.isfinite(cz)))):
         raise RepresentationError(f"method {method.name!r}: non-finite fixed-point step "
                                   "coefficients on this grid (a_k underflows)")
     return FixedPointPlan(method.name, k, dtype, F, float(state_bound), s, scale, shift,
-                          ca, ce, bits)
+                          ca, ce, bits, cz)
 
 
 # ------------------------------------------------------------------ ε and checks
@@ -350,6 +361,8 @@ class _RunPlan:
     plan: FixedPointPlan
     digests: dict[int, str] | None = None
     compare: dict[int, str] | None = None
+    #: a stochastic method's own plan (its starter), else None
+    stochastic: Any = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -358,10 +371,11 @@ class Bitexact(Integrator):
 
     Same method identity as ``method`` (a bit-exact latent is also an ordinary latent);
     the window holds the dequantised floats, its companion (``"fixed"`` in callbacks)
-    the int64 states.  ``debug`` records/compares per-node ε digests.
+    the int64 states.  ``debug`` records/compares per-node ε digests.  A stochastic method
+    (:class:`~lmsolvers.StochasticMethod`) adds its regenerated noise to the increment.
     """
 
-    method: LMMethod
+    method: LMMethod | StochasticMethod
     frac_bits: int | None = None
     state_bound: float = 8.0
     debug: bool = False
@@ -369,7 +383,7 @@ class Bitexact(Integrator):
     aux_name = "fixed"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.method, LMMethod):
+        if not isinstance(self.method, LMMethod | StochasticMethod):
             raise TypeError(f"bit-exact mode supports LMMethod BELMs, got "
                             f"{type(self.method).__name__} (EDICT's coupled integrator has no "
                             "bit-exact mode)")
@@ -416,10 +430,13 @@ class Bitexact(Integrator):
         plan = fixed_point_plan(self.method, grid, dtype, frac_bits=self.frac_bits,
                                 state_bound=self.state_bound)
         digests = {} if self.debug and direction == "backward" else None
-        return _RunPlan(plan, digests)
+        sto = self.method.plan(grid) if isinstance(self.method, StochasticMethod) else None
+        return _RunPlan(plan, digests, stochastic=sto)
 
     def _attach(self, run: Run, rp: _RunPlan) -> None:
         _require_deterministic_device(run.evaluate.device)
+        if isinstance(self.method, StochasticMethod):
+            self.method.attach(run)
         if self.debug:
             def on_eps(m: int, e: torch.Tensor) -> torch.Tensor:
                 d = _digest(e)
@@ -447,8 +464,9 @@ class Bitexact(Integrator):
 
     def _increment(self, run: Run, plan: FixedPointPlan, r: int) -> torch.Tensor:
         w, k = run.window, self.k
+        zs = [] if plan.cz is None else [w.noise(r + m) for m in range(k)]
         return plan.increment(r, [w.aux(r + j) for j in range(1, k)],
-                              [w.eps(r + j).to(torch.float64) for j in range(1, k)])
+                              [w.eps(r + j).to(torch.float64) for j in range(1, k)], zs)
 
     def start(self, run: Run, rp: _RunPlan, x: torch.Tensor) -> None:
         """Quantise ``x̄_N``; the starter runs on dequantised states, each result quantised."""
@@ -456,7 +474,10 @@ class Bitexact(Integrator):
         plan, w, N = rp.plan, run.window, run.grid.N
         self._put(run, plan, N, plan.quantize(x, N))
         for m in range(N, N - self.k + 1, -1):
-            xm = self.method.starter_state(w, m, m - 1)
+            if rp.stochastic is not None:
+                xm = self.method.noisy_starter(run, rp.stochastic, m, m - 1)
+            else:
+                xm = self.method.starter_state(w, m, m - 1)
             self._put(run, plan, m - 1, plan.quantize(xm, m - 1))
             run.emit(m - 1)
 
@@ -499,7 +520,10 @@ class Bitexact(Integrator):
         plan, w = rp.plan, run.window
         self._put(run, plan, 0, plan.quantize(x0, 0))
         for m in range(self.k - 1):
-            xm = self.method.starter_state(w, m, m + 1)
+            if rp.stochastic is not None:
+                xm = self.method.noisy_starter(run, rp.stochastic, m, m + 1)
+            else:
+                xm = self.method.starter_state(w, m, m + 1)
             self._put(run, plan, m + 1, plan.quantize(xm, m + 1))
             run.emit(m + 1)
 
@@ -524,5 +548,6 @@ class Bitexact(Integrator):
         return BitexactLatent(
             states=tuple(w[m] for m in nodes), method=self.name, method_key=self.key,
             grid=run.grid, context=freeze_context(context), nodes=nodes,
+            noise=noise_identity_of(self) or (),
             fixed=tuple(w.aux(m) for m in nodes), plan_key=rp.plan.key(),
             eps_digests=rp.digests)

@@ -35,6 +35,7 @@ from .grid import Grid
 from .latent import Latent, check_latent, check_state, freeze_context
 from .registry import method_from_name
 from .reversal import GRAD_MODES, differentiable_eps, reversible_sample
+from .stochastic import bind_seed, noise_identity_of
 
 __all__ = ["sample", "invert", "ddim_inversion"]
 
@@ -109,6 +110,7 @@ def sample(
     grad: str | None = None,
     params: Sequence[torch.Tensor] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    seed: int | Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Integrate the σ̄-ODE from node N down to node 0 and return ``x̄_0``.
 
@@ -162,6 +164,11 @@ def sample(
         With ``grad="reversible"``: the tensors ε depends on that should get gradients
         (default: every leaf requiring grad that one ε evaluation reaches — the model's
         parameters and closed-over tensors such as embeddings).
+    seed:
+        The noise seed of a stochastic method (``"<method>+eta(η)"``,
+        :func:`~lmsolvers.stochastic`): an int, or one int per batch row.  From a latent it
+        defaults to the latent's seed; another seed is refused
+        (:class:`~lmsolvers.LatentMismatchError`), being another sampler.
 
     Notes
     -----
@@ -177,8 +184,10 @@ def sample(
                            "sample outside no_grad")
     integ = _integrator(method, x, bitexact, debug, frac_bits, state_bound)
     from_latent = isinstance(x, Latent)
+    integ = bind_seed(integ, seed, x if from_latent else None)
     if from_latent:
-        check_latent(x, grid, integ.key, integ.name, context, integ.k)
+        check_latent(x, grid, integ.key, integ.name, context, integ.k,
+                     noise=noise_identity_of(integ))
         like = x.x_N
     else:
         check_state(x, "x")
@@ -224,6 +233,7 @@ def invert(
     tolerance: float = DEFAULT_TOLERANCE,
     frac_bits: int | None = None,
     state_bound: float | None = None,
+    seed: int | Sequence[int] | None = None,
 ) -> Latent:
     """Exact inversion: map ``x̄_0`` to the :class:`~lmsolvers.Latent` that samples back to it.
 
@@ -244,10 +254,13 @@ def invert(
     ``debug=True`` checks that ε is deterministic (evaluated twice per call, bits
     compared).  ``context`` records the model-side settings of ε in the latent (see
     :func:`sample`).  Raises ``ValueError`` if ``1/a_k`` of some step overflows the
-    working dtype.
+    working dtype.  A stochastic method (:func:`~lmsolvers.stochastic`) needs ``seed``: the
+    inversion subtracts the noise the sampler will add, regenerated from it, and the latent
+    records the seed and the noise law.
     """
     _check_arguments(eps, grid, "invert")
-    integ = _integrator(method, None, bitexact, debug, frac_bits, state_bound)
+    integ = bind_seed(_integrator(method, None, bitexact, debug, frac_bits, state_bound), seed,
+                      None)
     why = integ.why_not_invertible()
     if why is not None:
         raise ValueError(f"method {integ.name!r} is not bidirectional explicit, so it cannot "

@@ -57,6 +57,8 @@ class Latent:
     parameters (``method`` is its display name), ``context`` the model-side settings
     the ε-function was built with (guidance scale, prediction type, …; empty for a
     plain ε-function).  Latents are made by :func:`lmsolvers.invert`, not by hand.
+    ``noise`` is the noise identity of a stochastic run (``eta``, ``law``, ``generator``,
+    ``seed``: :mod:`lmsolvers.stochastic`), empty for a deterministic one.
     """
 
     states: tuple[torch.Tensor, ...]
@@ -65,6 +67,7 @@ class Latent:
     grid: Grid
     context: tuple[tuple[str, Any], ...] = ()
     nodes: tuple[int, ...] = field(default=())
+    noise: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -89,7 +92,8 @@ class Latent:
     @property
     def fingerprint(self) -> str:
         """One string for the latent's whole identity: method key, grid digest, context."""
-        return f"{self.method_key}|grid:{self.grid.fingerprint()}|{self.context!r}"
+        noise = f"|noise:{self.noise!r}" if self.noise else ""
+        return f"{self.method_key}|grid:{self.grid.fingerprint()}|{self.context!r}{noise}"
 
     def with_states(self, states: Sequence[torch.Tensor]) -> Latent:
         """The same latent identity with other tensors (e.g. moved to another device/dtype)."""
@@ -137,9 +141,18 @@ def _describe_grid_difference(made: Grid, now: Grid) -> str | None:
     return None
 
 
+def _differences(made: dict[str, Any], now: dict[str, Any], missing: str) -> str:
+    """``"key: <made> when inverted, <now> now; …"`` for the keys whose values differ."""
+    return "; ".join(f"{key}: {made.get(key, missing)!r} when inverted, "
+                     f"{now.get(key, missing)!r} now" for key in sorted(set(made) | set(now))
+                     if made.get(key, object()) != now.get(key, object()))
+
+
 def check_latent(latent: Latent, grid: Grid, method_key: str, method_name: str,
-                 context: Mapping[str, Any] | None = None, k: int | None = None) -> None:
-    """Refuse a latent made on another grid, by another method, or under other settings.
+                 context: Mapping[str, Any] | None = None, k: int | None = None,
+                 noise: Mapping[str, Any] | None = None) -> None:
+    """Refuse a latent made on another grid, by another method, under other settings, or
+    (``noise``: the run's noise identity, stochastic methods) with other noise.
 
     Raises :class:`LatentMismatchError` naming the first difference; ``TypeError`` /
     ``ValueError`` for a malformed latent (states that differ in shape, dtype or
@@ -153,6 +166,13 @@ def check_latent(latent: Latent, grid: Grid, method_key: str, method_name: str,
             f"this latent was made by method {latent.method!r}, not {method_name!r}"
             + (" (same name, different coefficients or parameters)" if same else "")
             + "; a latent only inverts under the method that made it")
+    made_noise, run_noise = dict(latent.noise), dict(freeze_context(noise))
+    if made_noise != run_noise:
+        raise LatentMismatchError(
+            "noise differs from the inversion's (" + _differences(made_noise, run_noise,
+                                                                 "<none>")
+            + "); a stochastic sampler inverts only with the seed and noise law that inverted "
+            "it")
     why = _describe_grid_difference(latent.grid, grid)
     if why is not None:
         raise LatentMismatchError(f"grid mismatch: {why}; sample on the grid the latent was "
@@ -160,13 +180,10 @@ def check_latent(latent: Latent, grid: Grid, method_key: str, method_name: str,
     ctx = dict(freeze_context(context))
     made = dict(latent.context)
     if ctx != made:
-        keys = sorted(set(ctx) | set(made))
-        diffs = [f"{key}: {made.get(key, '<unset>')!r} when inverted, "
-                 f"{ctx.get(key, '<unset>')!r} now" for key in keys
-                 if made.get(key, object()) != ctx.get(key, object())]
         raise LatentMismatchError(
-            "model settings differ from the inversion's (" + "; ".join(diffs) + "); sampling "
-            "would not be its inverse (for an edit on purpose, use latent.with_context(...))")
+            "model settings differ from the inversion's (" + _differences(made, ctx, "<unset>")
+            + "); sampling would not be its inverse (for an edit on purpose, use "
+            "latent.with_context(...))")
     if k is not None and latent.k != k:
         raise LatentMismatchError(f"latent has {latent.k} states, method {method_name!r} "
                                   f"needs {k}")

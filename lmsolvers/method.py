@@ -95,10 +95,14 @@ class StepCoefficients:
     Row ``r`` is the step that lands on node ``i − 1 = r`` (``i = r + 1``), for
     ``r = 0 … N−k``.  ``a[r, j−1] = a_{i,j}`` (j = 1..k) and
     ``bh[r, j] = b_{i,j} · h_{i−1+j}`` (j = 0..k): the ε weights with the step folded in.
+    ``g[r, m]`` (m = 0..k−1), stochastic steps only (:mod:`lmsolvers.stochastic`): the
+    weight of the regenerated noise ``z_{r+m}`` of node r + m in row r; ``None`` for a
+    deterministic method.
     """
 
     a: np.ndarray
     bh: np.ndarray
+    g: np.ndarray | None = None
 
     @property
     def steps(self) -> int:

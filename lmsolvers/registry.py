@@ -6,7 +6,9 @@ back: ``"ddim"``, ``"obelm"``, ``"bdia"`` (γ = 1), ``"bdia(0.5)"``, ``"edict"``
 ``"belm3-bidirectional"``, ``"belm3-max"`` (the maximal-order, not zero-stable method),
 ``"obelm-landing(0.1)"``, and the designed exponential BELMs ``"ebelm3"`` … ``"ebelm6"``
 (data-prediction variables, docs/design.md §12) with an optional landing,
-``"ebelm3(eps, 0.1)"``.
+``"ebelm3(eps, 0.1)"``; any of them followed by ``"+eta(<eta>)"`` (optionally
+``"+eta(<eta>, sde, relation)"``: the noise law and the drift design) is its stochastic
+sampler (:func:`lmsolvers.stochastic`).
 Parameters are parsed with ``float`` (``repr`` round-trips exactly), so
 ``method_from_name(m.name)`` has ``m``'s exact identity.
 """
@@ -22,6 +24,8 @@ from .engine import Integrator
 from .expdesign import EXP_KS, ebelm
 from .exponential import LANDINGS
 from .families import bdia, ddim, obelm, obelm_landing
+from .sde import NOISE_LAWS
+from .stochastic import DRIFTS, StochasticMethod
 
 __all__ = ["method_from_name", "METHOD_NAMES"]
 
@@ -29,9 +33,12 @@ __all__ = ["method_from_name", "METHOD_NAMES"]
 METHOD_NAMES = ("ddim", "obelm", "bdia", "bdia(<gamma>)", "edict", "edict(<p>)",
                 "edict(<p>, alternate)", "obelm-landing", "obelm-landing(<gamma>)",
                 "belm<k>", "belm<k>-forward", "belm<k>-bidirectional", "belm<k>-max",
-                "ebelm<k>", "ebelm<k>(<landing>, <gamma>)")
+                "ebelm<k>", "ebelm<k>(<landing>, <gamma>)",
+                "<method>+eta(<eta>)", "<method>+eta(<eta>, sde)",
+                "<method>+eta(<eta>, relation)")
 
 _PARAM = re.compile(r"^(bdia|edict|obelm-landing)\((.+)\)$")
+_ETA = re.compile(r"^(.+)\+eta\(([^,()]+)((?:,\s*[\w-]+)*)\)$")
 _BELM = re.compile(r"^belm(\d+)(?:-(forward|bidirectional|max|none))?$")
 _EBELM = re.compile(r"^ebelm(\d+)(?:\((.+)\))?$")
 
@@ -49,6 +56,20 @@ def method_from_name(method: Any) -> Any:
         raise TypeError(f"method must be a name or an lmsolvers method (LMMethod, EDICT), got "
                         f"{type(method).__name__}")
     name = method.strip().lower()
+    m = _ETA.match(name)
+    if m:  # a stochastic sampler: "<method>+eta(<eta>[, <law>][, <drift>])"
+        try:
+            eta = float(m.group(2))
+        except ValueError:
+            raise ValueError(f"method {method!r}: {m.group(2)!r} is not a number") from None
+        opts = {"law": "ddim", "drift": "time"}
+        for word in filter(None, (w.strip() for w in m.group(3).split(","))):
+            key = "law" if word in NOISE_LAWS else "drift" if word in DRIFTS else None
+            if key is None:
+                raise ValueError(f"method {method!r}: {word!r} is neither a noise law "
+                                 f"({', '.join(NOISE_LAWS)}) nor a drift ({', '.join(DRIFTS)})")
+            opts[key] = word
+        return StochasticMethod(method_from_name(m.group(1)), eta, **opts)
     if name == "ddim":
         return ddim()
     if name == "obelm":

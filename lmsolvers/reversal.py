@@ -50,6 +50,7 @@ from .exactness import ExactnessWarning, check_exactness
 from .grid import Grid
 from .latent import Latent
 from .method import LMMethod
+from .stochastic import StochasticMethod
 
 __all__ = ["reversible_sample", "differentiable_leaves", "differentiable_eps", "GRAD_MODES"]
 
@@ -177,7 +178,7 @@ def _reverse(spec: _Spec, states: Sequence[torch.Tensor], grad_out: torch.Tensor
     grid, integ, N = spec.grid, spec.integ, spec.grid.N
     span = integ.span
     adj = _adjoint_method(integ)
-    lm = isinstance(adj, LMMethod)
+    lm = isinstance(adj, LMMethod | StochasticMethod)
     like = spec.like
     g_params: list[torch.Tensor | None] = [None] * len(params)
     want_params = [p for p, w in zip(params, wanted, strict=True) if w]
