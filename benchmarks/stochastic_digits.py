@@ -21,9 +21,10 @@ features to the 360 held-out test digits, each with a percentile-bootstrap 95 % 
 
 **Exactness**: ``sample(invert(x₀, seed), seed)`` on ``--n-rt`` held-out digits for
 η ∈ {0.25, 0.5, 0.75, 1} and the drift designs "time", "relation" and "auto" at 20/50/100
-steps, for both base configurations on their own grids (float64 state): median and worst relative error, the latent's
-``std(x̄_N)/σ̄_N`` (1 for noise), the predicted ``u·R``, and the stiff-growth ratio of the
-relation design to the time design (:meth:`lmsolvers.StochasticMethod.stiff_growth`).
+steps, for both base configurations on their own grids (float64 state): median and worst
+relative error, the latent's ``std(x̄_N)/σ̄_N`` (1 for noise), the predicted ``u·R``, and
+the stiff-growth ratio of the relation design to the time design
+(:meth:`lmsolvers.StochasticMethod.stiff_growth`).
 
 **The constant** ``STIFF_WARN`` (drift "auto" takes "relation" below it): on the validation
 seed, the Fréchet distance of the relation and time designs at each (η, N) next to their
