@@ -38,8 +38,11 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m sphinx -W --keep-going -q -b html docs/api out/docs
 
-# Regenerates the tracked tables and plots under benchmarks/results/ (about 2 hours on
+# Regenerates the tracked tables and plots under benchmarks/results/ (about 4 hours on
 # 2 cores: docs/benchmarks.md lists each benchmark with its time).
+# One torch thread per process unless OMP_NUM_THREADS says otherwise (4–16x faster on a
+# shared machine).
+bench: export OMP_NUM_THREADS ?= 1
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.toy_convergence
 	$(BIN)/python -m benchmarks.digits_bench
@@ -54,6 +57,12 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.stochastic_toy
 	$(BIN)/python -m benchmarks.stochastic_digits
 	$(BIN)/python -m benchmarks.edit_friendly
+	$(BIN)/python -m benchmarks.exponential_bench --model toy
+	$(BIN)/python -m benchmarks.exponential_bench --model ddpm --phase val
+	$(BIN)/python -m benchmarks.exponential_bench --model ddpm --phase test
+	$(BIN)/python -m benchmarks.exponential_bench --model flow --phase val
+	$(BIN)/python -m benchmarks.exponential_bench --model flow --phase test
+	$(BIN)/python -m benchmarks.network_precision
 
 # Targeted mutation testing (tools/README.md): kill rate and survivors (~20 min).
 mutate: $(STAMP)

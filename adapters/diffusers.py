@@ -570,7 +570,10 @@ class DiffusionSampler:
         ``> 0``: sample the reverse SDE with noise level η (DDIM's η) by the method's stochastic
         form (:func:`lmsolvers.stochastic`, docs/design.md §13; the grid is still the one
         designed or chosen for the method); :meth:`sample`/:meth:`invert` then take
-        ``seed=``.  Equivalent to ``method=lmsolvers.stochastic(method, eta)``.
+        ``seed=``.  Equivalent to ``method=lmsolvers.stochastic(method, eta)``.  Without a
+        ``method``, a DDPM-family schedule's designed grid takes O-BELM with the damped
+        landing (``"obelm-landing(0.1)"``) as the stochastic base, not the exponential
+        default: the exponential designs' stochastic forms sample poorly at η ≥ 0.75.
     conditioning:
         Further pipeline arguments (``pooled_prompt_embeds``, SDXL's ``original_size`` …,
         FLUX's ``true_cfg_scale``; :class:`DiffusersEps`).
@@ -632,6 +635,11 @@ class DiffusionSampler:
                 or timesteps is not None or denoising_start is not None \
                 or denoising_end is not None
             grid = "scheduler" if explicit else "designed"
+        if method is None and grid == "designed" and eta and not self.flow:
+            # the stochastic forms of the exponential designs sample poorly at η ≥ 0.75 and
+            # their inversion can overflow (benchmarks/results/stochastic_digits.md: FD 11.6
+            # at η = 1, 20 steps); O-BELM with the damped landing is the measured base
+            method = "obelm-landing(0.1)"
         if method is None:
             method = default_method(self._steps(scheduler, n), self.flow) \
                 if grid == "designed" else "obelm"

@@ -208,6 +208,8 @@ def _generator_seed(generator: Any) -> int | tuple[int, ...]:
 
 
 def _check_eta(eta: Any) -> float:
+    if type(eta) is float and 0.0 <= eta < math.inf:  # the per-step common case, fast
+        return eta
     if isinstance(eta, bool) or not isinstance(eta, int | float | np.floating) \
             or not np.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be a finite number ≥ 0, got {eta!r}")
@@ -618,6 +620,8 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
                    dtype: torch.dtype) -> StochasticMethod | None:
         """The run's stochastic form: set up when a run starts (η > 0: the method with DDIM's
         η-law, seeded by the generator), afterwards checked to stay the same."""
+        if not starting and self._sto is None and eta == 0.0:  # a deterministic run goes on
+            return None
         eta = _check_eta(eta)
         if starting:
             self._sto = self._sto_plan = None
@@ -643,7 +647,12 @@ class _LMSchedulerBase(SchedulerMixin, ConfigMixin):
                   dtype: torch.dtype) -> torch.Tensor:
         ptype = self._ptype
         if ptype == "epsilon":  # the common case: ε is the model output, one cast
-            out = model_output.to(dtype)
+            # checked before the cast: the model's dtype has fewer bytes to sum, and a
+            # finite value stays finite when widened
+            if not _finite(model_output):
+                raise FloatingPointError(f"the model output is NaN/Inf at timestep "
+                                         f"{self._node_timestep(m):g} (node {m})")
+            return model_output.to(dtype)
         else:
             alpha = self._alpha[m]
             out = to_epsilon(model_output.to(dtype), sample.to(dtype), alpha,

@@ -166,15 +166,22 @@ def roundtrip(ode: DigitsODE, ac: np.ndarray, x0: torch.Tensor, eta: float, drif
     m = L.stochastic(method, eta, drift=drift)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lat = L.invert(ode, grid, m, x0, seed=seed, disable=True)
-        rec = L.sample(ode, grid, m, lat, disable=True)
-    err = ((rec - x0).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)).numpy()
+        try:
+            lat = L.invert(ode, grid, m, x0, seed=seed, disable=True)
+            rec = L.sample(ode, grid, m, lat, disable=True)
+        except L.SolverInstabilityError:  # the inversion overflowed: a row that says so
+            lat = None
+    if lat is None:
+        err, lat_std = np.full(x0.shape[0], np.inf), float("inf")
+    else:
+        err = ((rec - x0).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)).numpy()
+        lat_std = float(lat.x_N.std() / grid.sigma_bar[-1])
     rel = L.stochastic(method, eta, drift="relation")
     tim = L.stochastic(method, eta, drift="time")
     return {"base": base, "method": m.method.name, "eta": eta, "drift": drift, "steps": n,
             "resolved": m.plan(grid).drift,
             "median": float(np.median(err)), "worst": float(err.max()),
-            "latent_std": float(lat.x_N.std() / grid.sigma_bar[-1]),
+            "latent_std": lat_std,
             "predicted": L.predicted_roundtrip_error(m, grid, torch.float64),
             "stiff_ratio": rel.stiff_growth(grid) / tim.stiff_growth(grid)}
 

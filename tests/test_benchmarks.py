@@ -195,6 +195,7 @@ def test_demo_reduced(tmp_path, capsys):
     assert (tmp_path / "demo_reconstructions.png").stat().st_size > 0
     by = {r["sampler"]: r for r in rows}
     assert by["O-BELM"]["rms"] < 1e-10 and by["EDICT(p=0.93)"]["rms"] < 1e-10
+    assert by["default (own grid)"]["rms"] < 1e-10
     assert by["DDIM inversion"]["rms"] > 1e-3
     assert by["O-BELM"]["nfe"] == 19 and by["EDICT(p=0.93)"]["nfe"] == 20
     out = capsys.readouterr().out

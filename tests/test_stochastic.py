@@ -315,3 +315,21 @@ def test_stochastic_toy_quick(tmp_path):
     assert abs(float(out.var()) / var - 1) < 5 * math.sqrt(2 / x.shape[0])
     x = GMM.prior(8, float(sb[-1]), torch.Generator().manual_seed(1))
     assert T.check_sde_dpmpp(GMM.eps, sb, x, 3) < 1e-5  # diffusers computes in float32
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_weak_order_one_on_the_exact_gaussian_law(eta):
+    """Gaussian data: the output law of the stochastic O-BELM is Gaussian and its variance
+    follows from the linear recursion exactly (no sampling); its relative error shrinks
+    monotonically with N at the stated weak order 1 (fitted over N = 80…640, log-uniform)."""
+    from benchmarks import stochastic_toy as toy
+
+    sm = toy.samplers(eta)[0]
+    ns = [80, 160, 320, 640]
+    errs = []
+    for n in ns:
+        _, var = toy.gaussian_variance(sm, toy.S.family_grid("log-uniform", n, toy.TABLE))
+        errs.append(abs(var - toy.GAUSS.std**2) / toy.GAUSS.std**2)
+    assert all(b < a for a, b in zip(errs, errs[1:], strict=False))
+    order = -np.polyfit(np.log(ns), np.log(errs), 1)[0]
+    assert 0.85 <= order <= 1.15, (order, errs)

@@ -148,6 +148,9 @@ def test_digits_round_trip_with_eta_is_exact_and_seeded():
     sched = DDPMScheduler.from_pretrained(ROOT / "models" / "digits_ddpm")
     s = DiffusionSampler(unet, sched, 20, eta=0.5, disable_progress=True)
     assert isinstance(s.method, L.StochasticMethod)
+    # the stochastic base is O-BELM-landing, not the exponential ODE default (docstring)
+    assert s.method.method.name == "obelm-landing(0.1)"
+    assert DiffusionSampler(unet, sched, 20, disable_progress=True).method.name == "ebelm5"
     x, _ = load_digits_split("test")
     x0 = x[:8].double()
     with warnings.catch_warnings():
