@@ -356,8 +356,8 @@ def validate_latents(b: Bench, out: Path, n_digits: int = N_LATENT) -> dict:
     grids = {}
     for k in keys:
         name, warp = k.split("|")[0].split("@")
-        grids[k] = (L.method_from_name(name), b.candidate_grid(L.method_from_name(name),
-                                                              int(k.split("|")[2]), float(warp)))
+        m = L.method_from_name(name)
+        grids[k] = (m, b.candidate_grid(m, int(k.split("|")[2]), float(warp)))
     tops = sorted({float(g.sigma_bar[-1]) for _, g in grids.values()})
     ideal = ideal_latent_ratios(b, tops, n_digits, split="train")
     for k in keys:

@@ -45,14 +45,20 @@ def companion_growth(a: np.ndarray, direction: str) -> float:
     M, k = a.shape
     if k == 1:
         return 1.0
-    P = companion_matrices(a)
-    best, R = 1.0, np.eye(k - 1)
+    return _max_product_norm(companion_matrices(a), direction)
+
+
+def _max_product_norm(P: np.ndarray, direction: str) -> float:
+    """``max_r ‖Π (step matrices after r)‖₂`` (at least 1) of the per-step matrices ``P``
+    (row r: the step landing on node r), ``inf`` if the product overflows float64.
+    Sampling: a perturbation made at the step landing on node r then passes P_{r-1}, …, P_0;
+    inversion: made at inversion step r, it then passes P_{r+1}^{-1}, …, P_{M-1}^{-1}."""
+    M = P.shape[0]
+    best, R = 1.0, np.eye(P.shape[1])
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         if direction == "forward":
-            # a perturbation made at the step landing on node r then passes P_{r-1}, …, P_0
             steps = [P[r - 1] for r in range(1, M)]
         else:
-            # made at inversion step r, it then passes P_{r+1}^{-1}, …, P_{N-k}^{-1}
             Pinv = np.linalg.inv(P)
             steps = [Pinv[r] for r in range(M - 1, 0, -1)]
         for S in steps:
@@ -105,21 +111,11 @@ def gaussian_growth(a: np.ndarray, bh: np.ndarray, sigma_bar: np.ndarray, scale:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         local = np.maximum(extra.sum(axis=1),
                            (1.0 + extra[:, :-1].sum(axis=1)) / np.abs(c[:, -1]))
-        if k == 1:
-            return 1.0, max(1.0, float(np.nanmax(local)))
-        best, R = 1.0, np.eye(k)
-        Ms = np.zeros((M_rows, k, k))
-        Ms[:, 0, :] = c
-        for m in range(1, k):
-            Ms[:, m, m - 1] = 1.0
-        if direction == "forward":
-            steps = [Ms[r - 1] for r in range(1, M_rows)]
-        else:
-            inv = np.linalg.inv(Ms)
-            steps = [inv[r] for r in range(M_rows - 1, 0, -1)]
-        for S in steps:
-            R = R @ S
-            if not np.all(np.isfinite(R)):
-                return float("inf"), float(np.nanmax(local))
-            best = max(best, float(np.linalg.norm(R, 2)))
-    return best, max(1.0, float(np.nanmax(local)))
+    local_max = max(1.0, float(np.nanmax(local)))
+    if k == 1:
+        return 1.0, local_max
+    Ms = np.zeros((M_rows, k, k))
+    Ms[:, 0, :] = c
+    for m in range(1, k):
+        Ms[:, m, m - 1] = 1.0
+    return _max_product_norm(Ms, direction), local_max

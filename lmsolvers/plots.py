@@ -20,6 +20,27 @@ from .expdesign import ebelm
 __all__ = ["plot_design_roots", "plot_exp_roots"]
 
 
+
+def _unit_circle_axes(plt):
+    """A figure with two equal-aspect panels, each with the unit circle and the axes."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.6))
+    t = np.linspace(0, 2 * np.pi, 400)
+    for a_ in (ax, ax2):
+        a_.plot(np.cos(t), np.sin(t), color="0.6", lw=1)
+        a_.set_aspect("equal")
+        a_.axhline(0, color="0.85", lw=0.8)
+        a_.axvline(0, color="0.85", lw=0.8)
+    return fig, (ax, ax2)
+
+
+def _finish(fig, out: str | Path | None):
+    """Lay the figure out and write it to ``out`` (PNG, folders made) when given."""
+    fig.tight_layout()
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+    return fig
+
 def _mark_off_axes(ax, roots: np.ndarray, lim: float, color: str) -> None:
     """A root beyond the square ``[−lim, lim]²`` would be silently clipped: draw an arrow
     at the edge in its direction, labelled with its value."""
@@ -46,13 +67,7 @@ def plot_design_roots(k: int, out: str | Path | None = None, span: float = 3.0):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.6))
-    t = np.linspace(0, 2 * np.pi, 400)
-    for a_ in (ax, ax2):
-        a_.plot(np.cos(t), np.sin(t), color="0.6", lw=1)
-        a_.set_aspect("equal")
-        a_.axhline(0, color="0.85", lw=0.8)
-        a_.axvline(0, color="0.85", lw=0.8)
+    fig, (ax, ax2) = _unit_circle_axes(plt)
     markers = {"none": "x", "forward": "s", "bidirectional": "o"}
     lim = 1.6
     for st, mk in markers.items():
@@ -91,11 +106,7 @@ def plot_design_roots(k: int, out: str | Path | None = None, span: float = 3.0):
     else:
         ax2.set_title(f"bidirectional family has {len(fam.params)} free parameters")
         ax2.axis("off")
-    fig.tight_layout()
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110)
-    return fig
+    return _finish(fig, out)
 
 
 def plot_exp_roots(k: int, out: str | Path | None = None, ell_max: float = 1.5):
@@ -111,13 +122,8 @@ def plot_exp_roots(k: int, out: str | Path | None = None, ell_max: float = 1.5):
     import matplotlib.pyplot as plt
 
     m = ebelm(k)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.6))
-    t = np.linspace(0, 2 * np.pi, 400)
+    fig, (ax, ax2) = _unit_circle_axes(plt)
     for a_ in (ax, ax2):
-        a_.plot(np.cos(t), np.sin(t), color="0.6", lw=1)
-        a_.set_aspect("equal")
-        a_.axhline(0, color="0.85", lw=0.8)
-        a_.axvline(0, color="0.85", lw=0.8)
         a_.set_xlim(-1.6, 1.6)
         a_.set_ylim(-1.6, 1.6)
     for z, kap in m.growth:
@@ -138,8 +144,4 @@ def plot_exp_roots(k: int, out: str | Path | None = None, ell_max: float = 1.5):
                          vmin=0, vmax=ell_max)
     fig.colorbar(sc, ax=ax2, label="log-step ℓ")
     ax2.set_title("x̄-form roots at equal log-steps (ε̄ = 0)")
-    fig.tight_layout()
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110)
-    return fig
+    return _finish(fig, out)
