@@ -58,10 +58,14 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.stochastic_digits
 	$(BIN)/python -m benchmarks.edit_friendly
 	$(BIN)/python -m benchmarks.exponential_bench --model toy
-	$(BIN)/python -m benchmarks.exponential_bench --model ddpm --phase val
+	$(BIN)/python -m benchmarks.exponential_bench --model ddpm --phase val --n-val 512
+	$(BIN)/python -m benchmarks.exponential_bench --model ddpm --phase latent
 	$(BIN)/python -m benchmarks.exponential_bench --model ddpm --phase test
 	$(BIN)/python -m benchmarks.exponential_bench --model flow --phase val
+	$(BIN)/python -m benchmarks.exponential_bench --model flow --phase latent
 	$(BIN)/python -m benchmarks.exponential_bench --model flow --phase test
+	$(BIN)/python -m benchmarks.exponential_bench --model cond --phase val --no-candidates
+	$(BIN)/python -m benchmarks.exponential_bench --model cond --phase test
 	$(BIN)/python -m benchmarks.network_precision
 
 # Targeted mutation testing (tools/README.md): kill rate and survivors (~20 min).

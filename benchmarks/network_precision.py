@@ -27,26 +27,11 @@ from lmsolvers.adapters.diffusers import alphas_cumprod_from_config, default_des
 
 import lmsolvers as L
 
-from .digits_bench import DigitsODE, vp_alpha
+from .digits_bench import DigitsODE
 from .digits_data import REPO_ROOT, load_digits_split
 from .tables import markdown_table
 
 STEPS = (30, 100)
-
-
-class Float64Digits:
-    """The digits ε of :class:`DigitsODE` with the network in float64 (same weights)."""
-
-    def __init__(self, ode: DigitsODE):
-        self.ode = ode
-        self.unet = type(ode.unet).from_config(ode.unet.config).double().eval()
-        self.unet.load_state_dict({k: v.double() for k, v in ode.unet.state_dict().items()})
-
-    @torch.no_grad()
-    def __call__(self, xbar: torch.Tensor, sigma_bar: float) -> torch.Tensor:
-        a = float(vp_alpha(sigma_bar))
-        t = torch.tensor(self.ode.timestep(float(sigma_bar)), dtype=torch.float64)
-        return self.unet(xbar.double() * a, t).sample.to(xbar.dtype)
 
 
 def configurations(ac: np.ndarray, n: int) -> list[tuple[str, object, L.Grid, dict]]:
@@ -79,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     ode = DigitsODE()
-    nets = {"float32": ode, "float64": Float64Digits(ode)}
+    nets = {"float32": ode, "float64": ode.in_float64()}
     ac = alphas_cumprod_from_config(ode.ddpm_config)
     x0 = load_digits_split("test")[0][:args.n].double()
     rows = []

@@ -72,7 +72,8 @@ def log_schedule_grid(method: LMMethod, n: int, alphas_cumprod: Sequence[float] 
     the schedule has fewer than ``n`` usable timesteps or the round-off amplification of
     ``method`` on the grid exceeds ``max_amplification`` (default: report it only, in the
     result; :data:`~lmsolvers.griddesign.DEFAULT_MAX_AMPLIFICATION`, ``u·R ≤ 1.1e-9`` in
-    float64, holds for the default configuration from 7 steps on).
+    float64, holds for the default configuration at every N: on the digits DDPM table
+    u·R ≤ 2e-11 for N = 3…500).
     """
     _check(n, warp)
     ac = np.asarray(alphas_cumprod, dtype=np.float64)

@@ -77,7 +77,7 @@ def show(rows, titles, figsize=None):
 # ## Sampling
 #
 # `DiffusionSampler(unet, scheduler, N)` runs the library's default exact configuration: an
-# exponential BELM in data-prediction variables (ebelm3 below 15 steps, ebelm5 from 15) on a
+# exponential BELM in data-prediction variables (ebelm3 below 20 steps, ebelm5 from 20) on a
 # grid of N integer timesteps spaced in log σ̄ (docs/design.md §12). The solver state is
 # float64; the network sees `α x̄` cast to its own dtype (float32).
 

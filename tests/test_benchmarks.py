@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -252,3 +253,59 @@ def test_every_script_imports_as_a_package_module(name):
 
     mod = importlib.import_module(f"benchmarks.{name}")
     assert mod.__doc__ and mod.__doc__.strip()
+
+
+def test_heldout_halves_partition_the_roundtrip_digits():
+    from benchmarks.exponential_bench import heldout
+
+    x, y = heldout("all")
+    xv, yv = heldout("val")
+    xr, yr = heldout("report")
+    assert x.dtype == torch.float64 and x.shape[0] == 360
+    assert xv.shape[0] + xr.shape[0] == 360
+    assert torch.equal(torch.cat([xv, xr]).sort(dim=0).values, x.sort(dim=0).values)
+    assert torch.equal(xv, x[0::2]) and torch.equal(yr, y[1::2])
+    with pytest.raises(ValueError, match="'val', 'report' or 'all'"):
+        heldout("test")
+
+
+def test_rules_exclude_candidates_whose_latent_leaves_the_band():
+    """score_rules: a candidate with a latent std ratio outside [0.8, 1.25] is never picked,
+    however accurate; among the rest, the worst ratio to the best peer decides."""
+    from benchmarks import samplers as S
+    from benchmarks.exponential_bench import LIMITS, score_rules
+
+    budgets = [10, 20, 50, 100]
+    rows = {}
+    for spec in S.peer_specs():
+        for n in budgets:
+            rows[f"{spec.name}|warp1|{n}"] = dict(median=1.0 / n)
+    for name in ("ebelm3", "ebelm5"):
+        for w in (0.8, 1.0):
+            for n in budgets:
+                # ebelm5@0.8 is the most accurate everywhere but its latent is too large
+                med = (0.5 if (name, w) == ("ebelm5", 0.8) else 0.9 if w == 1.0 else 0.95) / n
+                rows[f"{name}@{w}|ours|{n}"] = dict(
+                    median=med, latent=1.4 if (name, w) == ("ebelm5", 0.8) else 1.1)
+    best = score_rules(dict(budgets=budgets, rows=rows))[0]
+    assert best["warp5"] == 1.0 and best["worst"] == pytest.approx(0.9 / min(LIMITS.values()))
+    # ebelm5@0.8's ratio (0.5) is never used by any rule while its latent is out of band
+    assert all(min(r["ratios"]) > 0.89
+               for r in score_rules(dict(budgets=budgets, rows=rows)))
+    rows["ebelm5@0.8|ours|20"]["latent"] = 1.2  # inside the band at 20 only: taken there
+    best = score_rules(dict(budgets=budgets, rows=rows))[0]
+    assert (best["warp5"], best["warp5_mid"], best["switch"]) == (0.8, 1.0, 12)
+    assert best["ratios"][1] == pytest.approx(0.5) and 20 < best["switch_mid"] <= 50
+
+
+def test_float64_network_is_the_same_weights():
+    from benchmarks.digits_bench import DigitsODE
+
+    ode = DigitsODE()
+    ode64 = ode.in_float64()
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    e32, e64 = ode(x, 2.0), ode64(x, 2.0)
+    assert ode.net_dtype == torch.float32 and ode64.net_dtype == torch.float64
+    assert next(ode64.unet.parameters()).dtype == torch.float64
+    assert next(ode.unet.parameters()).dtype == torch.float32  # the original is untouched
+    assert torch.allclose(e32, e64, rtol=0, atol=1e-5) and not torch.equal(e32, e64)
