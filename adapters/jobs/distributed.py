@@ -73,10 +73,16 @@ class ProcessGroup:
 
 @contextlib.contextmanager
 def process_group(cfg: JobConfig) -> Iterator[ProcessGroup]:
-    """The job's process group for the duration of a ``with`` block (closed after)."""
+    """The job's process group for the duration of a ``with`` block (closed after).
+
+    On a normal exit every rank meets at a barrier before the group is destroyed: a rank that
+    tore down its gloo context and exited while another was still finishing could abort the
+    other (seen once in the two-rank test: rank 1 "terminate called without an active
+    exception").  After an exception no rank waits: the others may never arrive."""
     g = ProcessGroup(resolve_device(cfg.device), cfg.timeout)
     try:
         yield g
+        g.barrier()
     finally:
         g.close()
 
