@@ -60,7 +60,10 @@ def predicted_roundtrip_error(method: Any, grid: Any, dtype: torch.dtype = torch
     """``u(dtype) · R(method, grid)``: bound on the relative error of a round trip.
 
     ``method`` is any :class:`~lmsolvers.engine.Integrator`.  ``inf`` when the
-    amplification overflows float64.
+    amplification overflows float64.  The bound covers the state's arithmetic, not an ε
+    that runs in a lower precision than the state: there, the rare sample whose input cast
+    rounds differently in the two runs gets a round trip near that precision instead
+    (docs/design.md §4; ``bitexact=True`` removes it).
     """
     return unit_roundoff(dtype) * method.roundoff_amplification(grid)
 
