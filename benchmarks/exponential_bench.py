@@ -347,19 +347,25 @@ def validate(b: Bench, out: Path, budgets: tuple[int, ...],
 LATENT_BAND = (0.8, 1.25)
 
 
+#: the two halves of the held-out digits: positions, and the name records carry
+HALVES = {"val": (slice(0, None, 2), "held-out, even positions"),
+          "report": (slice(1, None, 2), "held-out, odd positions")}
+
+
 def heldout(part: str, n_rt: int = 360) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n_rt`` held-out digits (the test split), float64, and their labels — of one
-    half: ``"val"`` (even positions), on which validation checks a candidate's latent, or
-    ``"report"`` (odd positions), on which the test phase reports it; ``"all"``: both (the
-    round trips).  The halves' converged latent ratios agree (DDPM: 1.2364 / 1.2357)."""
+    half (:data:`HALVES`): ``"val"`` (even positions), on which validation checks a
+    candidate's latent, or ``"report"`` (odd positions), on which the test phase reports it;
+    ``"all"``: both (the round trips).  The halves' converged latent ratios agree (DDPM:
+    1.2364 / 1.2357)."""
     x, y = load_digits_split("test")
     x, y = x[:n_rt].double(), y[:n_rt].long()
     if part == "all":
         return x, y
-    if part not in ("val", "report"):
+    if part not in HALVES:
         raise ValueError(f"part must be 'val', 'report' or 'all', got {part!r}")
-    start = 0 if part == "val" else 1
-    return x[start::2], y[start::2]
+    half = HALVES[part][0]
+    return x[half], y[half]
 
 
 def validate_latents(b: Bench, out: Path) -> dict:
@@ -394,7 +400,7 @@ def validate_latents(b: Bench, out: Path) -> dict:
         print(f"  latent {k:22s}: {ratio:.3f} ({rel:.3f} of the converged) "
               f"({time.time() - t0:.0f} s)", flush=True)
     rec["latent_ideal"] = {f"{t:.9g}": v for t, v in ideal.items()}
-    rec["latent_digits"] = "held-out, even positions"
+    rec["latent_digits"] = HALVES["val"][1]
     rec["rule_scores"] = score_rules(rec)[:KEPT_RULES]
     path.write_text(json.dumps(rec, indent=1))
     return rec
@@ -438,9 +444,11 @@ def score_rules(rec: dict) -> list[dict]:
     latent left :data:`LATENT_BAND` (:func:`validate_latents`) counts as infinitely bad."""
     budgets = rec["budgets"]
     rows = rec["rows"]
-    peer_best = {n: min(r["median"] for k, r in rows.items() if "|ours|" not in k
-                        and k.split("|")[0] in CRITERION_PEERS and k.endswith(f"|{n}"))
-                 for n in budgets}
+    peer_best: dict[int, float] = {}  # over every family: the best family per budget
+    for k, r in rows.items():
+        name, _, nfe = k.split("|")
+        if name in CRITERION_PEERS:
+            peer_best[int(nfe)] = min(peer_best.get(int(nfe), math.inf), r["median"])
 
     def med(name: str, w: float, n: int) -> float:
         r = rows.get(f"{name}@{w}|ours|{n}")
@@ -517,7 +525,7 @@ def test(b: Bench, out: Path, budgets: tuple[int, ...], n_rt: int, peers: bool =
     # keeps the saved record's values (same digits, same top) instead of recomputing them
     known = {} if peers else {r["top"]: r["ideal_std_ratio"] for r in old["roundtrip"]
                               if "top" in r and "ideal_std_ratio" in r and r.get("n_rt") == n_rt
-                              and r.get("latent_digits") == "held-out, odd positions"}
+                              and r.get("latent_digits") == HALVES["report"][1]}
     ideal = ideal_latent_ratios(b, [r["top"] for r in rt if r["top"] not in known],
                                 *heldout("report", n_rt))
     for r in rt:
@@ -540,7 +548,7 @@ def roundtrips(b: Bench, budgets: list[int], n_rt: int) -> list[dict]:
     float32, and — DDPM models — the same weights in float64: :meth:`DigitsODE.in_float64`),
     and the latent's std ratio on the report half (:func:`heldout`)."""
     x0, y = heldout("all", n_rt)
-    report = heldout("report", n_rt)[0].shape[0]
+    report, report_name = HALVES["report"]
     nets = {"float32": b.ode} if b.flow else {"float32": b.ode, "float64": b.ode.in_float64()}
     out = []
     for n in budgets:
@@ -558,9 +566,10 @@ def roundtrips(b: Bench, budgets: list[int], n_rt: int) -> list[dict]:
             tag = "" if net == "float32" else "_f64"
             row[f"rel_median{tag}"], row[f"rel_max{tag}"] = float(np.median(rel)), float(rel.max())
             row[f"above_1e12{tag}"] = int((rel > 1e-12).sum())
-            if net == "float32":  # the report half's latent (odd positions)
-                row["std_ratio"] = float(lat.states[-1][1::2].std()) / float(grid.sigma_bar[-1])
-                row["n_report"], row["latent_digits"] = report, "held-out, odd positions"
+            if net == "float32":  # the report half's latent
+                top = lat.states[-1][report]
+                row["std_ratio"] = float(top.std()) / float(grid.sigma_bar[-1])
+                row["n_report"], row["latent_digits"] = top.shape[0], report_name
             print(f"  round trip {n:4d} ({net} network): median {np.median(rel):.1e} max "
                   f"{rel.max():.1e}" + (f" std ratio {row['std_ratio']:.3f}" if not tag else ""),
                   flush=True)
