@@ -27,14 +27,16 @@ node) down to ``σ̄_min = 1/999``.
 
 **Validation** (``--phase val``, seed 1; the DDPM record: ``--n-val 512``): every peer on
 every family at every budget; the best family per (peer, budget) is that peer's grid on the
-test set (the most favourable choice for the peers).  Our candidates (method × warp, on the
-snapped grids for DDPM models) are checked for a noise-like latent (``--phase latent``: the
-inversion of the validation half of the held-out digits, :func:`heldout`, must give
-``std(x̄_N)/σ̄_N`` in :data:`LATENT_BAND`) and rules of regimes are scored by the worst ratio
-of their median to the best peer's (per budget) over the criterion's budgets
+test set (the most favourable choice for the peers).  Our candidates (method with its landing
+weight × warp, :data:`CANDIDATES`, on the snapped grids for DDPM models) are checked for a
+noise-like latent (``--phase latent``: the inversion of the validation half of the held-out
+digits, :func:`heldout`, must give ``std(x̄_N)/σ̄_N`` in :data:`LATENT_BAND`) and for
+u·R ≤ :data:`UR_LIMIT`, and rules of up to :data:`MAX_REGIMES` regimes are scored by the
+worst ratio of their median to the best peer's (per budget) over the criterion's budgets
 (:func:`score_rules`); the library's default rule
 (:data:`lmsolvers.defaultconfig.REGIMES`) is what this selects (printed, and the JSON keeps
-the best rules).
+the best rules).  ``--missing-only`` adds new candidates (or their latents) to a saved
+validation record without rerunning the rest.
 
 **Test** (``--phase test``, seed 2): peers on their validated grids, the library's default
 exact configuration through :func:`~lmsolvers.adapters.diffusers.default_design` (its
@@ -90,8 +92,12 @@ SWEEP = (10, 12, 15, 20, 25, 30, 40, 50, 70, 100, 140, 200)
 DDPM_FAMILIES = ("warp0.7", "warp0.85", "warp1", "warp0.85-int", "warp1-int", "karras-7",
                  "karras-7-int")
 FLOW_FAMILIES = ("linear", "shift3", "warp0.7", "warp0.85", "warp1")
+#: our candidate methods on validation: the designs with k = 3 and 5, and ebelm5 with a smaller
+#: weight γ of its landing's defect (ebelm3's landing: the error moved by ≤ 0.5 % for γ in
+#: [0, 1] at every budget of the DDPM validation)
+CANDIDATE_METHODS = ("ebelm3", "ebelm5", "ebelm5(adams, 0.5)", "ebelm5(adams, 0.25)")
 #: our candidates on validation: (method name, warp)
-CANDIDATES = tuple((m, w) for m in ("ebelm3", "ebelm5")
+CANDIDATES = tuple((m, w) for m in CANDIDATE_METHODS
                    for w in (0.7, 0.75, 0.8, 0.85, 0.9, 1.0, 1.1))
 GUIDANCE = 3.0
 SHAPE = (1, 8, 8)
@@ -291,16 +297,29 @@ def errors(x0: np.ndarray, ref: np.ndarray) -> np.ndarray:
 def validate(b: Bench, out: Path, budgets: tuple[int, ...],
              families: tuple[str, ...] | None = None,
              candidates: tuple[tuple[str, float], ...] = CANDIDATES,
-             peers: bool = True) -> dict:
+             peers: bool = True, missing_only: bool = False) -> dict:
+    """Validation runs (module docstring); ``peers=False`` keeps the saved record's peer rows
+    and reruns our candidates; ``missing_only`` (with ``peers=False``) also keeps our saved
+    rows and runs only the candidates the record does not have (their latents, too, are
+    then measured by ``--phase latent`` for the new rows only)."""
     ref = b.reference(VAL_SEED, out)
     idx = S.resample_index(ref.shape[0], 1000, VAL_SEED)
     path = out / f"exponential_bench_{b.model}.val.json"
     old = json.loads(path.read_text()) if not peers else None
+    if old is not None and old["n"] != ref.shape[0]:
+        raise ValueError(f"the saved validation record has {old['n']} noises and this run "
+                         f"{ref.shape[0]}: pass --n-val {old['n']} to add to it, or rerun "
+                         "the peers (without --ours-only)")
     rows: dict[str, dict] = {} if old is None else {
-        k: v for k, v in old["rows"].items() if "|ours|" not in k}
+        k: v for k, v in old["rows"].items() if missing_only or "|ours|" not in k}
+    kept: list[tuple] = []
+    if missing_only:
+        have = {tuple(k.split("|")[0].split("@")) for k in rows if "|ours|" in k}
+        kept = [tuple(c) for c in old.get("candidates", [])]
+        candidates = tuple(c for c in candidates if (c[0], str(c[1])) not in have)
     fams = families or (FLOW_FAMILIES if b.flow else DDPM_FAMILIES)
     if old is not None:
-        fams = tuple(sorted({k.split("|")[1] for k in rows}))
+        fams = tuple(sorted({k.split("|")[1] for k in rows if "|ours|" not in k}))
         budgets = tuple(old["budgets"])
     for spec in S.peer_specs() if peers else ():
         for fam in fams:
@@ -335,8 +354,9 @@ def validate(b: Bench, out: Path, budgets: tuple[int, ...],
         for n in budgets:
             cands = {f: rows[f"{spec.name}|{f}|{n}"]["median"] for f in fams}
             best[f"{spec.name}|{n}"] = min(cands, key=cands.get)
+    ran = kept + [c for c in candidates if c not in kept]
     rec = dict(model=b.model, seed=VAL_SEED, n=ref.shape[0], budgets=list(budgets), rows=rows,
-               best_family=best, candidates=[list(c) for c in candidates])
+               best_family=best, candidates=[list(c) for c in ran])
     rec["rule_scores"] = score_rules(rec)[:KEPT_RULES]
     (out / f"exponential_bench_{b.model}.val.json").write_text(json.dumps(rec, indent=1))
     return rec
@@ -368,24 +388,31 @@ def heldout(part: str, n_rt: int = 360) -> tuple[torch.Tensor, torch.Tensor]:
     return x[half], y[half]
 
 
-def validate_latents(b: Bench, out: Path) -> dict:
+def validate_latents(b: Bench, out: Path, missing_only: bool = False) -> dict:
     """Add to the saved validation record, for every candidate (method, warp, budget), the
     latent ratio ``std(x̄_N)/σ̄_N`` of inverting the validation half of the held-out digits
     (:func:`heldout`), and that ratio over the converged ODE's for the same digits and top
-    node; :func:`score_rules` then admits only candidates inside :data:`LATENT_BAND`."""
+    node; :func:`score_rules` then admits only candidates inside :data:`LATENT_BAND`.
+    ``missing_only``: only the rows that have no latent yet."""
     path = out / f"exponential_bench_{b.model}.val.json"
     rec = json.loads(path.read_text())
     x0, y = heldout("val")
     eps = b.ode.with_labels(y) if b.model == "cond" else (b.ode.eps_bar if b.flow else b.ode)
-    keys = [k for k in rec["rows"] if "|ours|" in k and math.isfinite(rec["rows"][k]["median"])]
+    keys = [k for k in rec["rows"] if "|ours|" in k and math.isfinite(rec["rows"][k]["median"])
+            and not (missing_only and "latent" in rec["rows"][k])]
     grids = {}
     for k in keys:
         name, warp = k.split("|")[0].split("@")
         m = L.method_from_name(name)
         grids[k] = (m, b.candidate_grid(m, int(k.split("|")[2]), float(warp)))
-    tops = sorted({float(g.sigma_bar[-1]) for _, g in grids.values()})
-    ideal = ideal_latent_ratios(b, tops, x0, y)
-    for k in keys:
+    # the converged ODE's ratio per top node (keyed as the record keeps it; saved ones reused)
+    ideal = dict(rec.get("latent_ideal", {}))
+    tops = sorted({t for t in (float(g.sigma_bar[-1]) for _, g in grids.values())
+                   if f"{t:.9g}" not in ideal})
+    ideal.update({f"{t:.9g}": v for t, v in ideal_latent_ratios(b, tops, x0, y).items()})
+    for i, k in enumerate(keys):
+        if i and i % 24 == 0:  # kept as it goes: an interrupted run loses little
+            path.write_text(json.dumps(rec, indent=1))
         m, grid = grids[k]
         t0 = time.time()
         with torch.no_grad(), warnings.catch_warnings():
@@ -395,11 +422,11 @@ def validate_latents(b: Bench, out: Path) -> dict:
                 ratio = float(lat.states[-1].std()) / float(grid.sigma_bar[-1])
             except (FloatingPointError, L.SolverInstabilityError):
                 ratio = float("inf")
-        rel = ratio / ideal[float(grid.sigma_bar[-1])]
+        rel = ratio / ideal[f"{float(grid.sigma_bar[-1]):.9g}"]
         rec["rows"][k]["latent"], rec["rows"][k]["latent_rel"] = ratio, rel
         print(f"  latent {k:22s}: {ratio:.3f} ({rel:.3f} of the converged) "
               f"({time.time() - t0:.0f} s)", flush=True)
-    rec["latent_ideal"] = {f"{t:.9g}": v for t, v in ideal.items()}
+    rec["latent_ideal"] = ideal
     rec["latent_digits"] = HALVES["val"][1]
     rec["rule_scores"] = score_rules(rec)[:KEPT_RULES]
     path.write_text(json.dumps(rec, indent=1))
@@ -412,14 +439,16 @@ KEPT_RULES = 200
 
 #: the budgets the issue's criterion names, with the allowed ratio to the best peer
 LIMITS = {10: 1.0, 20: 1.0, 50: 1.0, 100: 1.2}
+#: float64's unit round-off, and the issue's bound on u·R (R: the inversion's round-off
+#: amplification, :meth:`~lmsolvers.LMMethod.roundoff_amplification`): a candidate above it is
+#: excluded from the rules
+UNIT_ROUNDOFF, UR_LIMIT = 2.0 ** -53, 1e-9
 #: the peers the criterion compares with
 CRITERION_PEERS = ("DPM-Solver++(3M)", "UniPC-3 (bh2)")
 
 
 def _rule_text(r: dict) -> str:
-    mid = f", ebelm5@{r['warp5_mid']} from {r['switch_mid']}" if r.get("switch_mid") else ""
-    return (f"ebelm3@{r['warp3']} < {r['switch']} ≤ ebelm5@{r['warp5']}{mid}, "
-            f"ebelm3@{r['warp_high']} from {r['switch_high']}:")
+    return ", ".join(f"{name}@{warp} from {first}" for first, name, warp in r["regimes"]) + ":"
 
 
 def single_family(rec: dict) -> dict[str, str]:
@@ -434,15 +463,24 @@ def single_family(rec: dict) -> dict[str, str]:
     return out
 
 
+#: the most regimes a rule may have (each a candidate from one budget on)
+MAX_REGIMES = 4
+
+
 def score_rules(rec: dict) -> list[dict]:
-    """Rules of three or four regimes — ebelm3 with warp w3 below s1 steps, ebelm5 with w5
-    from s1 (and with w5b from sm, if a rule splits it), ebelm3 with wh from s2 — scored
-    against the best of :data:`CRITERION_PEERS`, each on its best family *per budget* (the
-    strictest bar, as the test reports it): primary,
-    the worst ratio/limit over :data:`LIMITS`; then the geometric mean ratio over all budgets
-    (lower is better for both).  A candidate whose
-    latent left :data:`LATENT_BAND` (:func:`validate_latents`) counts as infinitely bad."""
-    budgets = rec["budgets"]
+    """Rules of at most :data:`MAX_REGIMES` regimes: the validated budgets cut into
+    consecutive runs, each run served by one candidate (a method of
+    :data:`CANDIDATE_METHODS` with its landing, on one warp) — scored against the best of
+    :data:`CRITERION_PEERS`, each on its best family *per budget* (the strictest bar, as the
+    test reports it): primary, the worst ratio/limit over :data:`LIMITS` (rounded to 3
+    digits); then the geometric mean ratio over all budgets (lower is better for both).  A
+    candidate whose latent left :data:`LATENT_BAND` (:func:`validate_latents`), or whose
+    round-off growth exceeds :data:`UR_LIMIT`, at a budget cannot serve that budget.
+
+    For each cut of the budgets the optimum is exact: the worst of a rule is the largest of
+    its runs' worsts, so each run first takes the candidate with the smallest worst, and then,
+    among those within the rule's worst, the one with the smallest geometric mean."""
+    budgets = sorted(rec["budgets"])
     rows = rec["rows"]
     peer_best: dict[int, float] = {}  # over every family: the best family per budget
     for k, r in rows.items():
@@ -450,38 +488,48 @@ def score_rules(rec: dict) -> list[dict]:
         if name in CRITERION_PEERS:
             peer_best[int(nfe)] = min(peer_best.get(int(nfe), math.inf), r["median"])
 
-    def med(name: str, w: float, n: int) -> float:
-        r = rows.get(f"{name}@{w}|ours|{n}")
-        if r is None:
-            return float("inf")
+    def med(key: str) -> float:
+        r = rows[key]
         lat = r.get("latent")  # measured by validate_latents: outside the band, excluded
         if lat is not None and not LATENT_BAND[0] <= lat <= LATENT_BAND[1]:
-            return float("inf")
+            return math.inf
+        if r.get("R", 0.0) * UNIT_ROUNDOFF > UR_LIMIT:  # the issue's bound on round-off growth
+            return math.inf
         return r["median"]
 
-    warps = sorted({float(k.split("@")[1].split("|")[0]) for k in rows if "|ours|" in k})
+    cands = sorted({(k.split("@")[0], float(k.split("@")[1].split("|")[0]))
+                    for k in rows if "|ours|" in k})
+    if not cands:
+        return []
+    ratio = np.full((len(cands), len(budgets)), np.inf)
+    for i, (name, w) in enumerate(cands):
+        for j, n in enumerate(budgets):
+            if f"{name}@{w}|ours|{n}" in rows:
+                ratio[i, j] = med(f"{name}@{w}|ours|{n}") / peer_best[n]
+    named = np.array([n in LIMITS for n in budgets])
+    limit = np.array([LIMITS.get(n, 1.0) for n in budgets])
+    # ratio/limit at the criterion's budgets; elsewhere 0 (or ∞: a candidate that cannot serve)
+    scaled = np.where(named, ratio / limit, np.where(np.isfinite(ratio), 0.0, np.inf))
+    logs = np.log(ratio)
     out: list[dict] = []
-    if not warps:
-        return out
-    # each regime's ratios per warp, computed once
-    ratio = {(name, w, n): med(name, w, n) / peer_best[n]
-             for name in ("ebelm3", "ebelm5") for w in warps for n in budgets}
-    for s1 in (12, 15, 20):
-        for sm in (None, 25, 30, 40, 50, 70):  # ebelm5 may change its warp once (from sm)
-            for s2 in (100, 120, 150, 10**9):
-                for w3, w5, w5b, wh in itertools.product(warps, warps,
-                                                         warps if sm else [None], warps):
-                    picks = {n: ("ebelm3", w3) if n < s1 else ("ebelm3", wh) if n >= s2
-                             else ("ebelm5", w5b) if sm and n >= sm else ("ebelm5", w5)
-                             for n in budgets}
-                    ratios = {n: ratio[(*picks[n], n)] for n in budgets}
-                    prim = max(ratios[n] / lim for n, lim in LIMITS.items() if n in ratios)
-                    if not math.isfinite(prim):
-                        continue
-                    sec = float(np.exp(np.mean(np.log(list(ratios.values())))))
-                    out.append(dict(switch=s1, switch_mid=sm, switch_high=s2, warp3=w3,
-                                    warp5=w5, warp5_mid=w5b, warp_high=wh, worst=float(prim),
-                                    geomean=sec, ratios=[float(ratios[n]) for n in budgets]))
+    m = len(budgets)
+    for n_cuts in range(MAX_REGIMES):
+        for cuts in itertools.combinations(range(1, m), n_cuts):
+            runs = list(zip((0, *cuts), (*cuts, m), strict=True))
+            worst_of = [scaled[:, a:b].max(axis=1) for a, b in runs]
+            least = max(float(w.min()) for w in worst_of)
+            if not math.isfinite(least):
+                continue
+            bound = round(least, 3) + 5e-4  # the smallest worst as ranked (3 digits)
+            picks = []
+            for (a, b), w in zip(runs, worst_of, strict=True):
+                total = np.where(w <= bound, logs[:, a:b].sum(axis=1), np.inf)
+                picks.append(int(np.argmin(total)))
+            r = np.concatenate([ratio[i, a:b] for i, (a, b) in zip(picks, runs, strict=True)])
+            out.append(dict(
+                regimes=[[budgets[a], *cands[i]] for i, (a, _) in zip(picks, runs, strict=True)],
+                worst=max(float(w[i]) for i, w in zip(picks, worst_of, strict=True)),
+                geomean=float(np.exp(np.mean(np.log(r)))), ratios=[float(x) for x in r]))
     return sorted(out, key=lambda r: (round(r["worst"], 3), r["geomean"]))
 
 
@@ -800,6 +848,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="validation: the grid families tried for the peers (default: all)")
     p.add_argument("--no-candidates", action="store_true",
                    help="validation: peers only (the default rule is not re-chosen)")
+    p.add_argument("--missing-only", action="store_true",
+                   help="val/latent: keep every saved row and run only the candidates (val) or "
+                        "latents (latent) the saved validation record does not have yet")
     p.add_argument("--ours-only", action="store_true",
                    help="val/test: recompute only our rows, keeping the peers' rows of the "
                         "saved record (after a change of our method)")
@@ -816,7 +867,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.phase == "val":
         rec = validate(b, args.out, tuple(args.budgets or SWEEP),
                        tuple(args.families) if args.families else None,
-                       () if args.no_candidates else CANDIDATES, peers=not args.ours_only)
+                       () if args.no_candidates else CANDIDATES,
+                       peers=not (args.ours_only or args.missing_only),
+                       missing_only=args.missing_only)
         for r in rec["rule_scores"][:5]:
             print("  rule", _rule_text(r), f"worst {r['worst']:.3f} geomean "
                   f"{r['geomean']:.3f}", " ".join(f"{x:.2f}" for x in r["ratios"]))
@@ -824,7 +877,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                  for n in rec["budgets"]), flush=True)
         return rec
     if args.phase == "latent":  # the validation candidates' latents, then the ranking
-        rec = validate_latents(b, args.out)
+        rec = validate_latents(b, args.out, missing_only=args.missing_only)
         for r in rec["rule_scores"][:5]:
             print("  rule", _rule_text(r), f"worst {r['worst']:.3f} geomean "
                   f"{r['geomean']:.3f}", " ".join(f"{x:.2f}" for x in r["ratios"]))

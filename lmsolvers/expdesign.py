@@ -205,13 +205,18 @@ def _snap(k: int, ts: tuple, g_opt: float, err_opt: float) -> tuple:
     return min(found, key=lambda x: (x[0], x[1]))[2]
 
 
-@cache
 def ebelm(k: int, landing: str = "adams", landing_gamma: float = 1.0
           ) -> ExponentialLMMethod:
     """The designed k-step exponential BELM (:func:`exp_design`), order k − 1 on any grid,
     with the exponential Adams–Bashforth starter of order up to k − 1 (starting values as
     accurate as the method, docs/design.md §3) and the landing onto σ̄ = 0 of
-    :func:`~lmsolvers.exponential.landing_relation` (default ``"adams"``, ``γ = 1``)."""
+    :func:`~lmsolvers.exponential.landing_relation` (default ``"adams"``, ``γ = 1``).
+    One object per ``(k, landing, float(γ))``: ``ebelm(5)`` *is* ``ebelm(5, "adams", 1)``."""
+    return _ebelm(k, landing, float(landing_gamma))
+
+
+@cache
+def _ebelm(k: int, landing: str, landing_gamma: float) -> ExponentialLMMethod:
     d = exp_design(k)
     suffix = "" if (landing, float(landing_gamma)) == ("adams", 1.0) \
         else f"({landing}, {float(landing_gamma)!r})"

@@ -162,6 +162,14 @@ def test_default_sampler_uses_the_design_and_round_trips_on_the_digits_model():
 
 
 def test_the_default_method_has_a_name_that_parses_back():
+    from lmsolvers.defaultconfig import FLOW_REGIMES, REGIMES, default_method
+
+    for flow, regimes in ((False, REGIMES), (True, FLOW_REGIMES)):
+        for first, k, _, gamma in regimes:
+            m = default_method(first, flow)
+            assert (m.k, float(m.landing_gamma)) == (k, gamma)
+            assert L.method_from_name(m.name) is m   # one object per (k, landing, γ)
+    assert L.ebelm(5) is L.ebelm(5, "adams", 1) is L.method_from_name("ebelm5")
     m = L.obelm_landing()
     assert L.method_from_name(m.name).key == m.key
     assert L.method_from_name("obelm-landing(0.5)").key == L.obelm_landing(0.5).key
