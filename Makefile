@@ -38,7 +38,7 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m sphinx -W --keep-going -q -b html docs/api out/docs
 
-# Regenerates the tracked tables and plots under benchmarks/results/ (about 4 hours on
+# Regenerates the tracked tables and plots under benchmarks/results/ (about 6 hours on
 # 2 cores: docs/benchmarks.md lists each benchmark with its time).
 # One torch thread per process unless OMP_NUM_THREADS says otherwise (4–16x faster on a
 # shared machine).
@@ -61,6 +61,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.exponential_bench --model ddpm --phase val --n-val 512
 	$(BIN)/python -m benchmarks.exponential_bench --model ddpm --phase latent
 	$(BIN)/python -m benchmarks.exponential_bench --model ddpm --phase test
+	$(BIN)/python -m benchmarks.exponential_bench --model ddpm --phase between
+	$(BIN)/python -m benchmarks.exponential_bench --model ddpm --phase landing --n-val 512
 	$(BIN)/python -m benchmarks.exponential_bench --model flow --phase val
 	$(BIN)/python -m benchmarks.exponential_bench --model flow --phase latent
 	$(BIN)/python -m benchmarks.exponential_bench --model flow --phase test

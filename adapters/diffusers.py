@@ -85,8 +85,9 @@ __all__ = [
 def default_method(n: int, flow: bool = False) -> Any:
     """The default exact configuration's method for ``n`` steps (``flow``: the finite steps
     of a flow schedule): the designed exponential BELM of
-    :func:`lmsolvers.defaultconfig.default_method` (``ebelm3`` for few and for many steps,
-    ``ebelm5`` between; docs/design.md §12)."""
+    :func:`lmsolvers.defaultconfig.default_method` (``ebelm3`` below 20 steps, ``ebelm5``
+    from 20 — on DDPM-family schedules with half the weight on its landing's defect from 40,
+    ``ebelm5(adams, 0.5)``; docs/design.md §12)."""
     return _default_method(n, flow)
 
 

@@ -93,8 +93,8 @@ DDPM_FAMILIES = ("warp0.7", "warp0.85", "warp1", "warp0.85-int", "warp1-int", "k
                  "karras-7-int")
 FLOW_FAMILIES = ("linear", "shift3", "warp0.7", "warp0.85", "warp1")
 #: our candidate methods on validation: the designs with k = 3 and 5, and ebelm5 with a smaller
-#: weight γ of its landing's defect (ebelm3's landing: the error moved by ≤ 0.5 % for γ in
-#: [0, 1] at every budget of the DDPM validation)
+#: weight γ of its landing's defect (ebelm3's error moves by ≤ 3 % over γ ∈ [0, 1] on the DDPM
+#: validation, ebelm5's by up to 25 %: ``--phase landing``)
 CANDIDATE_METHODS = ("ebelm3", "ebelm5", "ebelm5(adams, 0.5)", "ebelm5(adams, 0.25)")
 #: our candidates on validation: (method name, warp)
 CANDIDATES = tuple((m, w) for m in CANDIDATE_METHODS
@@ -300,8 +300,11 @@ def validate(b: Bench, out: Path, budgets: tuple[int, ...],
              peers: bool = True, missing_only: bool = False) -> dict:
     """Validation runs (module docstring); ``peers=False`` keeps the saved record's peer rows
     and reruns our candidates; ``missing_only`` (with ``peers=False``) also keeps our saved
-    rows and runs only the candidates the record does not have (their latents, too, are
-    then measured by ``--phase latent`` for the new rows only)."""
+    rows and runs only the (candidate, budget) rows the record does not have (their latents
+    are then measured by ``--phase latent --missing-only``; until then :func:`score_rules`
+    does not admit them)."""
+    if missing_only and peers:
+        raise ValueError("missing_only adds our rows to a saved record: pass peers=False")
     ref = b.reference(VAL_SEED, out)
     idx = S.resample_index(ref.shape[0], 1000, VAL_SEED)
     path = out / f"exponential_bench_{b.model}.val.json"
@@ -312,11 +315,6 @@ def validate(b: Bench, out: Path, budgets: tuple[int, ...],
                          "the peers (without --ours-only)")
     rows: dict[str, dict] = {} if old is None else {
         k: v for k, v in old["rows"].items() if missing_only or "|ours|" not in k}
-    kept: list[tuple] = []
-    if missing_only:
-        have = {tuple(k.split("|")[0].split("@")) for k in rows if "|ours|" in k}
-        kept = [tuple(c) for c in old.get("candidates", [])]
-        candidates = tuple(c for c in candidates if (c[0], str(c[1])) not in have)
     fams = families or (FLOW_FAMILIES if b.flow else DDPM_FAMILIES)
     if old is not None:
         fams = tuple(sorted({k.split("|")[1] for k in rows if "|ours|" not in k}))
@@ -336,7 +334,7 @@ def validate(b: Bench, out: Path, budgets: tuple[int, ...],
     for name, warp in candidates:
         m = L.method_from_name(name)
         for n in budgets:
-            if n <= m.k + 1:
+            if n <= m.k + 1 or f"{name}@{warp}|ours|{n}" in rows:  # (kept: missing_only)
                 continue
             t0 = time.time()
             try:
@@ -354,7 +352,8 @@ def validate(b: Bench, out: Path, budgets: tuple[int, ...],
         for n in budgets:
             cands = {f: rows[f"{spec.name}|{f}|{n}"]["median"] for f in fams}
             best[f"{spec.name}|{n}"] = min(cands, key=cands.get)
-    ran = kept + [c for c in candidates if c not in kept]
+    ran = sorted({(k.split("@")[0], float(k.split("@")[1].split("|")[0]))
+                  for k in rows if "|ours|" in k})
     rec = dict(model=b.model, seed=VAL_SEED, n=ref.shape[0], budgets=list(budgets), rows=rows,
                best_family=best, candidates=[list(c) for c in ran])
     rec["rule_scores"] = score_rules(rec)[:KEPT_RULES]
@@ -405,11 +404,18 @@ def validate_latents(b: Bench, out: Path, missing_only: bool = False) -> dict:
         name, warp = k.split("|")[0].split("@")
         m = L.method_from_name(name)
         grids[k] = (m, b.candidate_grid(m, int(k.split("|")[2]), float(warp)))
-    # the converged ODE's ratio per top node (keyed as the record keeps it; saved ones reused)
-    ideal = dict(rec.get("latent_ideal", {}))
+    same_digits = rec.get("latent_digits") == HALVES["val"][1]
+    if missing_only and not same_digits:
+        raise ValueError("the saved latents were measured on other digits "
+                         f"({rec.get('latent_digits')!r}): rerun --phase latent without "
+                         "--missing-only")
+    # the converged ODE's ratio per top node (keyed as the record keeps it; saved ones, of the
+    # same digits, reused)
+    ideal = dict(rec.get("latent_ideal", {})) if same_digits else {}
     tops = sorted({t for t in (float(g.sigma_bar[-1]) for _, g in grids.values())
                    if f"{t:.9g}" not in ideal})
     ideal.update({f"{t:.9g}": v for t, v in ideal_latent_ratios(b, tops, x0, y).items()})
+    rec["latent_ideal"], rec["latent_digits"] = ideal, HALVES["val"][1]
     for i, k in enumerate(keys):
         if i and i % 24 == 0:  # kept as it goes: an interrupted run loses little
             path.write_text(json.dumps(rec, indent=1))
@@ -426,8 +432,6 @@ def validate_latents(b: Bench, out: Path, missing_only: bool = False) -> dict:
         rec["rows"][k]["latent"], rec["rows"][k]["latent_rel"] = ratio, rel
         print(f"  latent {k:22s}: {ratio:.3f} ({rel:.3f} of the converged) "
               f"({time.time() - t0:.0f} s)", flush=True)
-    rec["latent_ideal"] = ideal
-    rec["latent_digits"] = HALVES["val"][1]
     rec["rule_scores"] = score_rules(rec)[:KEPT_RULES]
     path.write_text(json.dumps(rec, indent=1))
     return rec
@@ -488,9 +492,18 @@ def score_rules(rec: dict) -> list[dict]:
         if name in CRITERION_PEERS:
             peer_best[int(nfe)] = min(peer_best.get(int(nfe), math.inf), r["median"])
 
+    missing = [n for n in budgets if n not in peer_best]
+    if missing:
+        raise ValueError(f"the validation record has no {' or '.join(CRITERION_PEERS)} row at "
+                         f"NFE {missing}: rerun --phase val with the peers")
+    # once latents are measured (validate_latents), a row without one is not yet admissible
+    measured = any("latent" in r for k, r in rows.items() if "|ours|" in k)
+
     def med(key: str) -> float:
         r = rows[key]
         lat = r.get("latent")  # measured by validate_latents: outside the band, excluded
+        if lat is None and measured:
+            return math.inf
         if lat is not None and not LATENT_BAND[0] <= lat <= LATENT_BAND[1]:
             return math.inf
         if r.get("R", 0.0) * UNIT_ROUNDOFF > UR_LIMIT:  # the issue's bound on round-off growth
@@ -506,12 +519,19 @@ def score_rules(rec: dict) -> list[dict]:
         for j, n in enumerate(budgets):
             if f"{name}@{w}|ours|{n}" in rows:
                 ratio[i, j] = med(f"{name}@{w}|ours|{n}") / peer_best[n]
+    ratio[~np.isfinite(ratio)] = np.inf  # a NaN median (a failed run) cannot serve either
+    uncovered = [n for j, n in enumerate(budgets) if not np.isfinite(ratio[:, j]).any()]
+    if uncovered:
+        warnings.warn(f"no candidate is admissible at NFE {uncovered} (latent band, u·R): "
+                      "no rule covers every budget", stacklevel=2)
+        return []
     named = np.array([n in LIMITS for n in budgets])
     limit = np.array([LIMITS.get(n, 1.0) for n in budgets])
     # ratio/limit at the criterion's budgets; elsewhere 0 (or ∞: a candidate that cannot serve)
     scaled = np.where(named, ratio / limit, np.where(np.isfinite(ratio), 0.0, np.inf))
     logs = np.log(ratio)
     out: list[dict] = []
+    seen: dict[int, list[dict]] = {}
     m = len(budgets)
     for n_cuts in range(MAX_REGIMES):
         for cuts in itertools.combinations(range(1, m), n_cuts):
@@ -526,10 +546,17 @@ def score_rules(rec: dict) -> list[dict]:
                 total = np.where(w <= bound, logs[:, a:b].sum(axis=1), np.inf)
                 picks.append(int(np.argmin(total)))
             r = np.concatenate([ratio[i, a:b] for i, (a, b) in zip(picks, runs, strict=True)])
-            out.append(dict(
-                regimes=[[budgets[a], *cands[i]] for i, (a, _) in zip(picks, runs, strict=True)],
-                worst=max(float(w[i]) for i, w in zip(picks, worst_of, strict=True)),
-                geomean=float(np.exp(np.mean(np.log(r)))), ratios=[float(x) for x in r]))
+            regimes = []
+            for i, (a, _) in zip(picks, runs, strict=True):
+                if not regimes or regimes[-1][1:] != [*cands[i]]:  # merge equal neighbours
+                    regimes.append([budgets[a], *cands[i]])
+            if any(rule["regimes"] == regimes for rule in seen.get(len(regimes), ())):
+                continue  # the same rule, reached through a finer cut
+            rule = dict(regimes=regimes,
+                        worst=max(float(w[i]) for i, w in zip(picks, worst_of, strict=True)),
+                        geomean=float(np.exp(np.mean(np.log(r)))), ratios=[float(x) for x in r])
+            seen.setdefault(len(regimes), []).append(rule)
+            out.append(rule)
     return sorted(out, key=lambda r: (round(r["worst"], 3), r["geomean"]))
 
 
@@ -827,17 +854,112 @@ def scheduler_grids(b: Bench, out: Path, budgets: tuple[int, ...], seed: int) ->
     return rec
 
 
+#: budgets the rule's validation did not run (``--phase between``)
+BETWEEN = (18, 22, 27, 35, 45, 60, 85, 120)
+
+
+def between(b: Bench, out: Path) -> dict:
+    """The default at NFE between the validated budgets (:data:`BETWEEN`), test seed, against
+    the criterion's peers on the family each validated at the nearest budget — how the rule
+    fares where neither it nor the peers' grids were chosen.  Nothing is chosen here."""
+    val = json.loads((out / f"exponential_bench_{b.model}.val.json").read_text())
+    ref = b.reference(TEST_SEED, out)
+    idx = S.resample_index(ref.shape[0], 2000, TEST_SEED)
+    specs = {s.name: s for s in S.peer_specs()}
+    rows = []
+    for n in BETWEEN:
+        method, grid = b.default_grid(n)
+        st = S.summarise_errors(errors(b.run_ours(method, grid, TEST_SEED), ref), idx)
+        row = dict(nfe=n, method=method.name, **st)
+        for name in CRITERION_PEERS:
+            fam = _nearest_family(val, specs[name], n)
+            e = errors(b.run_peer(specs[name], fam, n, TEST_SEED), ref)
+            row[name] = dict(family=fam, median=float(np.median(e)))
+        row["ratio"] = st["median"] / min(row[p]["median"] for p in CRITERION_PEERS)
+        rows.append(row)
+        print(f"  between {n:4d} {method.name:20s} {st['median']:.3e} ratio {row['ratio']:.3f}",
+              flush=True)
+    rec = dict(model=b.model, seed=TEST_SEED, n=ref.shape[0], rows=rows)
+    (out / f"exponential_bench_{b.model}.between.json").write_text(json.dumps(rec, indent=1))
+    body = [[r["nfe"], r["method"], f"{r['median']:.2e} [{r['median_lo']:.2e}, "
+             f"{r['median_hi']:.2e}]"]
+            + [f"{r[p]['median']:.2e} ({r[p]['family']})" for p in CRITERION_PEERS]
+            + [f"{r['ratio']:.2f}"] for r in rows]
+    text = (f"# The default between the validated budgets — {b.model}\n\nTest seed "
+            f"{TEST_SEED} ({ref.shape[0]} noises); median per-sample error [95 % bootstrap]; "
+            "each peer on the grid family validated at the nearest budget; nothing here was "
+            "chosen.\n\n" + markdown_table(["NFE", "default", "median (ours)",
+                                              *CRITERION_PEERS, "ours / best"], body)
+            + "\n\nRegenerate: `OMP_NUM_THREADS=1 .venv/bin/python -m "
+            f"benchmarks.exponential_bench --model {b.model} --phase between`.\n")
+    (out / f"exponential_bench_{b.model}.between.md").write_text(text)
+    return rec
+
+
+#: ``--phase landing``: the weights γ of the landing's defect, and the configurations
+LANDING_GAMMAS = (1.0, 0.75, 0.5, 0.35, 0.25, 0.0)
+LANDING_RUNS = (("ebelm3", 0.8), ("ebelm5", 1.0))
+LANDING_BUDGETS = (20, 30, 50, 100, 200)
+
+
+def landing_scan(b: Bench, out: Path) -> dict:
+    """Median error against the landing's kind and weight γ (validation seed, the criterion's
+    per-budget best peer as the unit).  The landing is the last step and affine in γ (nodes
+    1..k do not depend on it), so two runs per (method, kind, budget), γ = 1 and 1/2, give
+    every γ exactly: ``x̄_0(γ) = x̄_0(1/2) + (2γ − 1)(x̄_0(1) − x̄_0(1/2))`` — γ = 0 included,
+    the bare frozen prediction, which samples but cannot be inverted."""
+    from lmsolvers.exponential import LANDINGS
+
+    val = json.loads((out / f"exponential_bench_{b.model}.val.json").read_text())
+    ref = b.reference(VAL_SEED, out)
+    peer_best: dict[int, float] = {}
+    for k, r in val["rows"].items():
+        name, _, nfe = k.split("|")
+        if name in CRITERION_PEERS:
+            peer_best[int(nfe)] = min(peer_best.get(int(nfe), math.inf), r["median"])
+    rows = []
+    for n in LANDING_BUDGETS:
+        for base, warp in LANDING_RUNS:
+            k = int(base[5:])
+            grid = b.candidate_grid(None, n, warp)
+            for kind in LANDINGS:
+                one = b.run_ours(L.ebelm(k, kind, 1.0), grid, VAL_SEED)
+                half = b.run_ours(L.ebelm(k, kind, 0.5), grid, VAL_SEED)
+                ratios = [float(np.median(errors(half + (2 * g - 1) * (one - half), ref)))
+                          / peer_best[n] for g in LANDING_GAMMAS]
+                rows.append(dict(nfe=n, method=base, warp=warp, landing=kind, ratios=ratios))
+                print(f"  landing {n:4d} {base}@{warp} {kind:6s} "
+                      + " ".join(f"{x:.3f}" for x in ratios), flush=True)
+    rec = dict(model=b.model, seed=VAL_SEED, n=ref.shape[0], gammas=list(LANDING_GAMMAS),
+               rows=rows)
+    (out / f"exponential_bench_{b.model}.landing.json").write_text(json.dumps(rec, indent=1))
+    body = [[r["nfe"], f"{r['method']}@{r['warp']}", r["landing"],
+             *[f"{x:.3f}" for x in r["ratios"]]] for r in rows]
+    text = (f"# The landing's weight γ — {b.model}\n\nValidation seed {VAL_SEED} "
+            f"({ref.shape[0]} noises); median error over the best peer's at that NFE (UniPC-3 or "
+            "DPM-Solver++(3M) on its best family); γ = 0 (the bare frozen prediction) samples "
+            "but cannot be inverted.\n\n"
+            + markdown_table(["NFE", "method", "landing",
+                              *[f"γ = {g:g}" for g in LANDING_GAMMAS]], body)
+            + "\n\nRegenerate: `OMP_NUM_THREADS=1 .venv/bin/python -m "
+            f"benchmarks.exponential_bench --model {b.model} --phase landing`.\n")
+    (out / f"exponential_bench_{b.model}.landing.md").write_text(text)
+    return rec
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=("ddpm", "cond", "flow", "toy"), default="ddpm")
     p.add_argument("--phase", choices=("val", "latent", "rescore", "test", "report", "scheduler",
-                                       "ideal"),
+                                       "ideal", "between", "landing"),
                    default="test",
                    help="val: validation runs and rule ranking; latent: the candidates' latents "
                         "(held-out digits, validation half) and the ranking with them; "
                         "rescore: re-rank the saved validation; test: the test set; report: "
-                        "re-render the saved test")
+                        "re-render the saved test; between: the default at NFE between the "
+                        "validated budgets (test seed); landing: error against the landing's "
+                        "weight (validation seed)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--n-val", type=int, default=128)
     p.add_argument("--n-test", type=int, default=512)
@@ -902,6 +1024,10 @@ def main(argv: list[str] | None = None) -> dict:
         path.write_text(json.dumps(rec, indent=1))
         (args.out / f"exponential_bench_{b.model}.md").write_text(render(rec))
         return rec
+    if args.phase == "between":
+        return between(b, args.out)
+    if args.phase == "landing":
+        return landing_scan(b, args.out)
     if args.phase == "scheduler":
         return scheduler_grids(b, args.out, tuple(args.budgets or TABLE_BUDGETS), VAL_SEED)
     if args.phase == "test":

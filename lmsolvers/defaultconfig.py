@@ -7,8 +7,9 @@ parasitic roots); from 20 steps the five-step ``ebelm5`` (order 4; its four star
 cost too much of a smaller budget), its grid's warp changing at 30 and 40 steps, and from
 40 steps with half the weight on its landing's defect (γ = 1/2 in
 :func:`~lmsolvers.exponential.landing_relation`; on the digits DDPM's validation its errors
-at 50–200 steps are 0.76–0.99× those of γ = 1; exactness holds for every γ).  Each runs on
-the λ-warped grid of :mod:`lmsolvers.loggrid` with the regime's warp.
+at 50–200 steps on the log-uniform grid are 0.76–0.99× those of γ = 1; exactness holds
+for every γ).  Each runs on the λ-warped grid of :mod:`lmsolvers.loggrid` with the regime's
+warp.
 
 The regimes were chosen on the *validation* noise set (seed 1, 512 noises) of
 ``benchmarks/exponential_bench.py``: the validated budgets cut into at most four runs, each

@@ -324,6 +324,24 @@ def test_rules_choose_among_landings_and_exclude_large_roundoff_growth():
     assert rules[0]["worst"] == pytest.approx(0.9)
 
 
+def test_rules_need_every_budget_covered_and_measured_latents():
+    """score_rules: once latents are measured, a row without one does not serve; a budget
+    no candidate can serve leaves no rule (with a warning naming it); equal neighbouring
+    picks are one regime, and no rule is listed twice."""
+    from benchmarks.exponential_bench import score_rules
+
+    budgets = [10, 20, 50, 100]
+    rows = _rule_rows(budgets, {"ebelm3@1.0": (0.9, dict(latent=1.1)),
+                                "ebelm5@1.0": (0.5, {})})  # accurate, latent not measured
+    rules = score_rules(dict(budgets=budgets, rows=rows))
+    assert rules[0]["regimes"] == [[10, "ebelm3", 1.0]]
+    keys = [tuple(map(tuple, r["regimes"])) for r in rules]
+    assert len(keys) == len(set(keys)) == 1
+    rows["ebelm3@1.0|ours|50"]["latent"] = 1.3  # now nothing serves NFE 50
+    with pytest.warns(UserWarning, match=r"NFE \[50\]"):
+        assert score_rules(dict(budgets=budgets, rows=rows)) == []
+
+
 @pytest.mark.parametrize("model", ["ddpm", "flow"])
 def test_the_library_default_is_the_saved_validations_best_rule(model):
     """lmsolvers.defaultconfig holds what the committed validation record ranks first

@@ -219,6 +219,20 @@ def test_other_landing_or_gamma_is_another_method():
     assert L.method_from_name("ebelm3(eps, 1.0)") is ebelm(3, "eps", 1.0)
 
 
+@pytest.mark.parametrize("landing", LANDINGS)
+def test_sampling_is_affine_in_the_landing_weight(landing):
+    """Only the last step depends on γ, linearly: ``x̄_0(γ) = x̄_0(1/2) + (2γ − 1)(x̄_0(1) −
+    x̄_0(1/2))`` (what ``exponential_bench --phase landing`` uses to scan γ), and γ changes
+    the sample (the landing does act)."""
+    g = log_grid(16, 8.0, 0.02)
+    xN = 8.0 * torch.randn(5, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    run = {gam: L.sample(GM.eps, g, ebelm(5, landing, gam), xN, disable=True)
+           for gam in (1.0, 0.5, 0.25)}
+    combined = run[0.5] + (2 * 0.25 - 1) * (run[1.0] - run[0.5])
+    assert float((combined - run[0.25]).abs().max()) <= 1e-13 * float(run[0.25].abs().max())
+    assert float((run[1.0] - run[0.5]).abs().max()) > 1e-8
+
+
 def test_observed_order_three_on_the_toy():
     """ebelm4 (order 3 on any grid, 4 at equal log-steps) with an RK4 starter on the mixture
     between σ̄ = 0.1 and 5: the fitted slope of the error against N is ≥ 3."""
