@@ -942,7 +942,8 @@ def landing_scan(b: Bench, out: Path) -> dict:
             + markdown_table(["NFE", "method", "landing",
                               *[f"γ = {g:g}" for g in LANDING_GAMMAS]], body)
             + "\n\nRegenerate: `OMP_NUM_THREADS=1 .venv/bin/python -m "
-            f"benchmarks.exponential_bench --model {b.model} --phase landing`.\n")
+            f"benchmarks.exponential_bench --model {b.model} --phase landing "
+            f"--n-val {ref.shape[0]}`.\n")
     (out / f"exponential_bench_{b.model}.landing.md").write_text(text)
     return rec
 
