@@ -20,10 +20,10 @@ with the smallest worst ratio of its median error to the best peer's (UniPC-3 or
 DPM-Solver++(3M), each on its best grid family per budget) at NFE 10, 20, 50 and (÷ 1.2)
 100 wins, ties broken by the geometric mean over NFE 10…200.  Every reported figure comes
 from the separate test set (seed 2): ``python -m benchmarks.exponential_bench --phase val
---n-val 512`` then ``--phase latent`` prints the ranking.  A regime covers the N from its first budget
-up to the next regime's; N between validated budgets inherit it unvalidated.  The flow
-schedules' last regime (from 100 calls) is validated at 100 only (the flow validation ran
-up to 100 calls).
+--n-val 512`` then ``--phase latent`` prints the ranking.  A regime covers the N from its
+first budget up to the next regime's; N between validated budgets inherit it unvalidated.
+The flow schedules' last regime (from 100 calls) is validated at 100 only (the flow
+validation ran up to 100 calls).
 """
 
 from __future__ import annotations
