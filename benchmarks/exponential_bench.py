@@ -467,6 +467,17 @@ def single_family(rec: dict) -> dict[str, str]:
     return out
 
 
+def criterion_best(rows: dict[str, dict]) -> dict[int, float]:
+    """Per budget, the best validation median of :data:`CRITERION_PEERS` over every grid
+    family (the best family per budget: the strictest bar)."""
+    best: dict[int, float] = {}
+    for k, r in rows.items():
+        name, _, nfe = k.split("|")
+        if name in CRITERION_PEERS:
+            best[int(nfe)] = min(best.get(int(nfe), math.inf), r["median"])
+    return best
+
+
 #: the most regimes a rule may have (each a candidate from one budget on)
 MAX_REGIMES = 4
 
@@ -486,11 +497,7 @@ def score_rules(rec: dict) -> list[dict]:
     among those within the rule's worst, the one with the smallest geometric mean."""
     budgets = sorted(rec["budgets"])
     rows = rec["rows"]
-    peer_best: dict[int, float] = {}  # over every family: the best family per budget
-    for k, r in rows.items():
-        name, _, nfe = k.split("|")
-        if name in CRITERION_PEERS:
-            peer_best[int(nfe)] = min(peer_best.get(int(nfe), math.inf), r["median"])
+    peer_best = criterion_best(rows)
 
     missing = [n for n in budgets if n not in peer_best]
     if missing:
@@ -912,11 +919,7 @@ def landing_scan(b: Bench, out: Path) -> dict:
 
     val = json.loads((out / f"exponential_bench_{b.model}.val.json").read_text())
     ref = b.reference(VAL_SEED, out)
-    peer_best: dict[int, float] = {}
-    for k, r in val["rows"].items():
-        name, _, nfe = k.split("|")
-        if name in CRITERION_PEERS:
-            peer_best[int(nfe)] = min(peer_best.get(int(nfe), math.inf), r["median"])
+    peer_best = criterion_best(val["rows"])
     rows = []
     for n in LANDING_BUDGETS:
         for base, warp in LANDING_RUNS:
@@ -946,6 +949,12 @@ def landing_scan(b: Bench, out: Path) -> dict:
             f"--n-val {ref.shape[0]}`.\n")
     (out / f"exponential_bench_{b.model}.landing.md").write_text(text)
     return rec
+
+
+def _print_rules(rec: dict, top: int = 5) -> None:
+    for r in rec["rule_scores"][:top]:
+        print("  rule", _rule_text(r), f"worst {r['worst']:.3f} geomean "
+              f"{r['geomean']:.3f}", " ".join(f"{x:.2f}" for x in r["ratios"]))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -993,26 +1002,20 @@ def main(argv: list[str] | None = None) -> dict:
                        () if args.no_candidates else CANDIDATES,
                        peers=not (args.ours_only or args.missing_only),
                        missing_only=args.missing_only)
-        for r in rec["rule_scores"][:5]:
-            print("  rule", _rule_text(r), f"worst {r['worst']:.3f} geomean "
-                  f"{r['geomean']:.3f}", " ".join(f"{x:.2f}" for x in r["ratios"]))
+        _print_rules(rec)
         print("  library default: " + ", ".join(f"N={n}: {default_method(n).name}"
                                                  for n in rec["budgets"]), flush=True)
         return rec
     if args.phase == "latent":  # the validation candidates' latents, then the ranking
         rec = validate_latents(b, args.out, missing_only=args.missing_only)
-        for r in rec["rule_scores"][:5]:
-            print("  rule", _rule_text(r), f"worst {r['worst']:.3f} geomean "
-                  f"{r['geomean']:.3f}", " ".join(f"{x:.2f}" for x in r["ratios"]))
+        _print_rules(rec)
         return rec
     if args.phase == "rescore":
         path = args.out / f"exponential_bench_{b.model}.val.json"
         rec = json.loads(path.read_text())
         rec["rule_scores"] = score_rules(rec)[:KEPT_RULES]
         path.write_text(json.dumps(rec, indent=1))
-        for r in rec["rule_scores"][:5]:
-            print("  rule", _rule_text(r), f"worst {r['worst']:.3f} geomean "
-                  f"{r['geomean']:.3f}", " ".join(f"{x:.2f}" for x in r["ratios"]))
+        _print_rules(rec)
         return rec
     if args.phase == "ideal":  # add the converged flow's latent ratios to a saved test record
         path = args.out / f"exponential_bench_{b.model}.json"
